@@ -5,6 +5,7 @@
 #
 #   sudo scripts/install.sh           # what `spiketrace run` needs
 #   sudo scripts/install.sh --test    # plus what the test suite needs (chromium, shellcheck, vagrant)
+#   SPIKETRACE_INSTALL_DRY_RUN=1 scripts/install.sh   # print what would change; change nothing
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,7 +13,7 @@ with_test=0
 for arg in "$@"; do
     case "$arg" in
         --test) with_test=1 ;;
-        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -20,51 +21,116 @@ done
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
-[ "$(id -u)" -eq 0 ] || die "needs root to install packages and mount tracefs: run it with sudo"
+# Dry run: every command that changes the machine goes through run(), which prints it instead
+# ("+ dnf install ..."). Read-only queries (dnf list, apt-cache show, test -e) still run, so the
+# printed plan is the one a real run would follow. The tests use this to check the dnf path.
+# The plan goes to fd 3 (our stdout) so that `run cmd >/dev/null` still shows it.
+dry_run=${SPIKETRACE_INSTALL_DRY_RUN:-0}
+exec 3>&1
+run() {
+    if [ "$dry_run" = 1 ]; then
+        { printf '+'; printf ' %q' "$@"; printf '\n'; } >&3
+    else
+        "$@"
+    fi
+}
+
+if [ "$dry_run" = 1 ]; then
+    say "dry run: printing the commands that would change this machine, running none of them"
+elif [ "$(id -u)" -ne 0 ]; then
+    die "needs root to install packages and mount tracefs: run it with sudo"
+fi
 
 kernel=$(uname -r)
 export DEBIAN_FRONTEND=noninteractive
 
 install_apt() {
     say "apt: refreshing package lists"
-    apt-get update -qq || die "apt-get update failed: check the network and /etc/apt/sources.list"
+    run apt-get update -qq || die "apt-get update failed: check the network and /etc/apt/sources.list"
     local pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool iproute2 gcc libc6-dev)
     if [ "$with_test" -eq 1 ]; then
         pkgs+=(chromium shellcheck vagrant)
     fi
     say "apt: installing ${pkgs[*]}"
-    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null \
+    run apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null \
         || die "apt-get install failed for: ${pkgs[*]}"
     if [ -e "/lib/modules/$kernel/build/include" ]; then
         say "kernel headers for $kernel: already present"
-    elif apt-get install -y -qq --no-install-recommends "linux-headers-$kernel" >/dev/null 2>&1; then
+    elif apt-cache show "linux-headers-$kernel" >/dev/null 2>&1 \
+            && run apt-get install -y -qq --no-install-recommends "linux-headers-$kernel" >/dev/null 2>&1; then
         say "kernel headers: installed linux-headers-$kernel"
     else
         say "kernel headers: no linux-headers-$kernel in the archive; using the distro's generic headers"
         local arch
         arch=$(dpkg --print-architecture)
-        apt-get install -y -qq --no-install-recommends "linux-headers-$arch" >/dev/null \
+        run apt-get install -y -qq --no-install-recommends "linux-headers-$arch" >/dev/null \
             || die "could not install linux-headers-$arch"
         link_generic_headers "/usr/src/linux-headers-*-$arch"
     fi
 }
 
+# CentOS Stream / RHEL / Fedora. bcc-tools, python3-bcc, bpftool and kernel-devel come from the
+# base repositories; chromium and ShellCheck (--test only) need EPEL except on Fedora.
 install_dnf() {
     local pkgs=(python3 python3-pip python3-bcc bcc-tools bpftool iproute gcc)
-    if [ "$with_test" -eq 1 ]; then
-        pkgs+=(chromium ShellCheck)
-    fi
-    say "dnf: installing ${pkgs[*]}"
-    dnf install -y -q "${pkgs[@]}" || die "dnf install failed for: ${pkgs[*]} (on CentOS Stream, enable EPEL for chromium/ShellCheck)"
+    local generic_headers=0
     if [ -e "/lib/modules/$kernel/build/include" ]; then
         say "kernel headers for $kernel: already present"
-    elif dnf install -y -q "kernel-devel-$kernel"; then
-        say "kernel headers: installed kernel-devel-$kernel"
+    elif dnf -q list "kernel-devel-$kernel" >/dev/null 2>&1; then
+        pkgs+=("kernel-devel-$kernel")
     else
-        say "kernel headers: no kernel-devel-$kernel; using the newest kernel-devel"
-        dnf install -y -q kernel-devel || die "could not install kernel-devel"
-        link_generic_headers "/usr/src/kernels/*"
+        say "kernel headers: no kernel-devel-$kernel in the repositories; using the newest kernel-devel"
+        pkgs+=(kernel-devel)
+        generic_headers=1
     fi
+    say "dnf: installing ${pkgs[*]}"
+    run dnf install -y -q "${pkgs[@]}" || die "dnf install failed for: ${pkgs[*]}"
+    [ "$generic_headers" -eq 0 ] || link_generic_headers "/usr/src/kernels/*"
+    if [ "$with_test" -eq 1 ]; then
+        install_dnf_test_extras
+    fi
+}
+
+# chromium renders the HTML report in tests, ShellCheck lints the scripts. Both are optional for
+# `spiketrace run`, so a failure here warns instead of stopping (the tests that need them fail
+# later with their own message). vagrant is not packaged for dnf: install it from HashiCorp.
+install_dnf_test_extras() {
+    local extras=(chromium ShellCheck)
+    if needs_epel && ! enable_epel; then
+        say "WARNING: could not enable EPEL; skipping ${extras[*]}" >&2
+        return 0
+    fi
+    say "dnf: installing ${extras[*]} (for the tests)"
+    run dnf install -y -q "${extras[@]}" \
+        || say "WARNING: dnf install failed for ${extras[*]}; the tests that need them will fail" >&2
+}
+
+os_release() {  # prints "ID VERSION_ID ID_LIKE" of this distribution
+    local file=${SPIKETRACE_OS_RELEASE:-/etc/os-release}
+    [ -r "$file" ] || return 0
+    # shellcheck disable=SC1090  # the path is only known at run time
+    (. "$file"; printf '%s %s %s\n' "${ID:-}" "${VERSION_ID:-}" "${ID_LIKE:-}")
+}
+
+needs_epel() {  # CentOS Stream, RHEL and their rebuilds; not Fedora
+    local id version like
+    read -r id version like <<<"$(os_release)" || true
+    [ "$id" != fedora ] && [[ " $id $like " =~ \ (rhel|centos)\  ]]
+}
+
+enable_epel() {
+    if rpm -q epel-release >/dev/null 2>&1; then
+        say "EPEL: already enabled"
+        return 0
+    fi
+    local id version like
+    read -r id version like <<<"$(os_release)" || true
+    # CRB (CodeReady Builder) carries build libraries that some EPEL packages depend on.
+    run dnf config-manager --set-enabled crb >/dev/null 2>&1 \
+        || say "EPEL: could not enable the crb repository (is dnf-plugins-core installed?); going on"
+    say "EPEL: installing epel-release"
+    run dnf install -y -q epel-release \
+        || run dnf install -y -q "https://dl.fedoraproject.org/pub/epel/epel-release-latest-${version%%.*}.noarch.rpm"
 }
 
 # Link the newest headers matching GLOB as the running kernel's build/source tree. BCC then
@@ -73,39 +139,48 @@ install_dnf() {
 link_generic_headers() {
     local build source
     # shellcheck disable=SC2086  # GLOB is meant to expand
-    build=$(ls -d $1 2>/dev/null | grep -v common | sort -V | tail -n 1)
+    build=$(printf '%s\n' $1 | grep -v common | sort -V | tail -n 1)
+    [ -d "$build" ] || build=""  # an unmatched GLOB stays literal
+    if [ -z "$build" ] && [ "$dry_run" = 1 ]; then
+        say "kernel headers: would link the newest of $1 as /lib/modules/$kernel/{build,source}"
+        return 0
+    fi
     [ -n "$build" ] || die "no headers found matching $1"
     source=${build%-*}-common
     [ -d "$source" ] || source=$build
-    mkdir -p "/lib/modules/$kernel"
-    ln -sfn "$build" "/lib/modules/$kernel/build"
-    ln -sfn "$source" "/lib/modules/$kernel/source"
+    run mkdir -p "/lib/modules/$kernel"
+    run ln -sfn "$build" "/lib/modules/$kernel/build"
+    run ln -sfn "$source" "/lib/modules/$kernel/source"
     say "kernel headers: linked /lib/modules/$kernel/{build,source} -> $build (not an exact match for $kernel; BCC compiles, struct offsets come from BTF)"
 }
 
 mount_tracefs() {
     if [ ! -e /sys/kernel/tracing/events ]; then
         say "mounting tracefs on /sys/kernel/tracing"
-        mount -t tracefs tracefs /sys/kernel/tracing || die "could not mount tracefs (is CONFIG_TRACING on?)"
+        run mount -t tracefs tracefs /sys/kernel/tracing || die "could not mount tracefs (is CONFIG_TRACING on?)"
     fi
     if ! mountpoint -q /sys/kernel/debug; then
         say "mounting debugfs on /sys/kernel/debug"
-        mount -t debugfs debugfs /sys/kernel/debug || say "debugfs not mounted (optional)"
+        run mount -t debugfs debugfs /sys/kernel/debug || say "debugfs not mounted (optional)"
     fi
 }
 
 make_venv() {
     local py=/usr/bin/python3
     [ -x "$py" ] || die "no distro python3 at $py"
-    "$py" -c 'import bcc' 2>/dev/null || die "the distro python3 cannot import bcc: check python3-bpfcc / python3-bcc"
+    run "$py" -c 'import bcc' 2>/dev/null || die "the distro python3 cannot import bcc: check python3-bpfcc / python3-bcc"
     if [ ! -x "$here/.venv/bin/python" ]; then
         say "creating $here/.venv from $py (with system site-packages, for bcc)"
-        "$py" -m venv --system-site-packages "$here/.venv" || die "python3 -m venv failed (install python3-venv)"
+        run "$py" -m venv --system-site-packages "$here/.venv" || die "python3 -m venv failed (install python3-venv)"
     fi
     local target="$here"
-    [ "$with_test" -eq 1 ] && target="$here[test]"
+    [ "$with_test" -eq 1 ] && target="${here}[test]"
+    # Editable installs of a pyproject-only project need pip >= 21.3 (PEP 660); CentOS Stream
+    # 9's python3.9 ships pip 21.2. Already satisfied (no download) on Debian 12.
+    run "$here/.venv/bin/python" -m pip install -q --disable-pip-version-check 'pip>=21.3' \
+        || die "could not upgrade pip in .venv to 21.3 or newer"
     say "installing spiketrace into .venv ($target)"
-    "$here/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$target" \
+    run "$here/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$target" \
         || die "pip install failed: see the messages above"
 }
 
