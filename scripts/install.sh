@@ -49,7 +49,7 @@ install_apt() {
     run apt-get update -qq || die "apt-get update failed: check the network and /etc/apt/sources.list"
     local pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool iproute2 gcc libc6-dev)
     if [ "$with_test" -eq 1 ]; then
-        pkgs+=(chromium shellcheck vagrant)
+        pkgs+=(chromium shellcheck vagrant vagrant-libvirt)  # vagrant-libvirt: validate the libvirt config
     fi
     say "apt: installing ${pkgs[*]}"
     run apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null \
