@@ -93,7 +93,7 @@ install_dnf() {
 
 # chromium renders the HTML report in tests, ShellCheck lints the scripts. Both are optional for
 # `spiketrace run`, so a failure here warns instead of stopping (the tests that need them fail
-# later with their own message). vagrant is not packaged for dnf: install it from HashiCorp.
+# later with their own message). vagrant is in neither CentOS nor EPEL: get it from HashiCorp.
 install_dnf_test_extras() {
     local extras=(chromium ShellCheck)
     if needs_epel && ! enable_epel; then
