@@ -9,6 +9,8 @@
   mode, in a sandbox whose PATH holds a fake `dnf` that answers read-only `list` queries and
   refuses anything else, a fake `uname` and no `apt-get`: the printed plan must install
   bcc-tools, python3-bcc, bpftool and kernel-devel-$(uname -r), then run doctor and legacy-rto.
+- install.sh's apt path: its dry run, and its generic-headers fallback for a kernel the archive
+  has no headers for (the real apt path runs in CI through scripts/test.sh).
 
 What is not exercised here: booting a box, rsync, real dnf transactions, EPEL mirrors.
 """
@@ -265,3 +267,28 @@ def test_install_apt_path_dry_run_changes_nothing():
     installs = planned(proc, "apt-get install")
     assert installs and "python3-bpfcc" in installs[0] and "vagrant" in installs[0]
     assert planned(proc, "apt-get update")
+
+
+def test_install_apt_path_links_generic_headers_for_an_unknown_kernel(tmp_path):
+    """A kernel with no linux-headers-<release> package (like this VM's): the plan installs the
+    distro's generic headers and links the newest of them; the dry run only prints the links."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        pytest.skip("not a Debian/Ubuntu machine")
+    env = dnf_sandbox(tmp_path, available=[])
+    bindir = Path(env["PATH"])
+    (bindir / "dnf").unlink()
+    for tool in ("apt-get", "apt-cache", "dpkg"):  # apt-get is only looked up: the dry run prints it
+        (bindir / tool).symlink_to(shutil.which(tool))
+    proc = run_sandboxed(INSTALL, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
+    assert f"no linux-headers-{FAKE_KERNEL} in the archive" in proc.stdout
+    assert [f"linux-headers-{arch}"] == planned(proc, "apt-get install")[-1][-1:]
+    links = planned(proc, "ln -sfn")
+    installed = sorted(Path("/usr/src").glob(f"linux-headers-*-{arch}"))
+    if installed:  # headers present here: the plan links the newest, as a real run would
+        assert [cmd[-1] for cmd in links] == [f"/lib/modules/{FAKE_KERNEL}/build", f"/lib/modules/{FAKE_KERNEL}/source"]
+        assert links[0][2].startswith("/usr/src/linux-headers-") and links[0][2].endswith(f"-{arch}")
+    else:
+        assert not links and "would link the newest of" in proc.stdout
+    assert not Path(f"/lib/modules/{FAKE_KERNEL}").exists()
