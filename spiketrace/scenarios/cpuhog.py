@@ -1,0 +1,166 @@
+"""CPU contention: busy-loop hogs pinned to one CPU, in bursts, with the bench processes
+pinned to the same CPU, so their threads wait runnable (run-queue delay) during each burst.
+
+Each hog is a child process (`python -m spiketrace.scenarios.cpuhog`), bounded in time, that
+exits when its parent goes away, and logs the monotonic start and end of every burst: those
+windows are the ground truth. By default it runs as SCHED_FIFO priority 1, so a burst takes the
+whole CPU (the kernel's RT throttling still leaves 5%); without the right to do so it falls
+back to nice -20, which steals less.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List
+
+from spiketrace import netns as _netns
+from spiketrace.errors import SpikeTraceError
+from spiketrace.scenarios.base import Injection, gt_row
+
+
+def pin_process(pid: int, cpus) -> None:
+    """Pin every thread of `pid` (threads started later inherit it from their creator)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except (ProcessLookupError, FileNotFoundError):
+            continue
+
+
+def _hog(cpu: int, burst_ms: float, period_ms: float, duration_s: float, out: str,
+         policy: str) -> None:
+    parent = os.getppid()
+    os.sched_setaffinity(0, {cpu})
+    used = "SCHED_OTHER"
+    if policy == "fifo":
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            used = "SCHED_FIFO"
+        except OSError:
+            policy = "nice"
+    if policy == "nice":
+        try:
+            os.nice(-20)
+            used = "nice-20"
+        except OSError:
+            pass
+    burst, period = int(burst_ms * 1e6), int(period_ms * 1e6)
+    deadline = time.monotonic_ns() + int(duration_s * 1e9)
+    with open(out, "a", buffering=1) as log:
+        log.write(f"# policy {used}\n")
+        start = time.monotonic_ns()
+        while start < deadline and os.getppid() == parent:
+            now = start
+            while now - start < burst:
+                now = time.monotonic_ns()
+            log.write(f"{start} {now}\n")
+            start += period
+            pause = start - time.monotonic_ns()
+            if pause > 0:
+                time.sleep(pause / 1e9)
+            start = max(start, time.monotonic_ns())
+
+
+def read_windows(path: str):
+    """(policy, [(start_ns, end_ns), ...]) from a hog's log."""
+    policy, windows = "", []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return policy, windows
+    for line in lines:
+        if line.startswith("# policy"):
+            policy = line.split()[-1]
+        elif line.strip():
+            parts = line.split()
+            if len(parts) == 2:
+                windows.append((int(parts[0]), int(parts[1])))
+    return policy, windows
+
+
+class CpuContention(Injection):
+    """Hog CPU `cpu` (default: the last one) in bursts; pin the bench processes to it."""
+
+    def install(self) -> None:
+        p = self.params
+        cpus = sorted(os.sched_getaffinity(0))
+        cpu = int(p["cpu"]) if p.get("cpu") is not None else cpus[-1]
+        if cpu not in cpus:
+            raise SpikeTraceError(f"cpu-contention: CPU {cpu} is not available (have {cpus})")
+        self.cpu = cpu
+        self.params["cpu"] = cpu
+        self.hogs: List[tuple] = []
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        for i in range(int(p["hogs"])):
+            fd, log = tempfile.mkstemp(prefix="spiketrace-hog-", suffix=".log")
+            os.close(fd)
+            _netns.track("files", log)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "spiketrace.scenarios.cpuhog", "--cpu", str(cpu),
+                 "--burst-ms", str(p["burst_ms"]), "--period-ms", str(p["period_ms"]),
+                 "--duration-s", str(p["duration_s"]), "--policy", str(p["policy"]),
+                 "--out", log], env=env, stdin=subprocess.DEVNULL, close_fds=True)
+            rec = _netns.track_pids([proc.pid], "cpu-hog")
+            self.hogs.append((proc, log, rec))
+
+    def on_pids(self, pids, role):
+        if self.params.get("pin") in (role, "both"):
+            for pid in pids:
+                pin_process(pid, {self.cpu})
+
+    def collect(self):
+        self._stop_hogs()
+        rows = []
+        for proc, log, _ in self.hogs:
+            policy, windows = read_windows(log)
+            self.params.setdefault("hog_policy", policy)
+            for start, end in windows:
+                rows.append(gt_row(start, "runq_delay",
+                                   f"cpu={self.cpu} hog_pid={proc.pid} end_ns={end} policy={policy}"))
+        if self.params.get("hog_policy") not in (None, "SCHED_FIFO"):
+            self.notes.append(f"cpu-contention: hogs ran as {self.params.get('hog_policy')}, "
+                              "not SCHED_FIFO: run-queue delays will be shorter")
+        return rows
+
+    def _stop_hogs(self) -> None:
+        for proc, _, rec in getattr(self, "hogs", []):
+            if proc.poll() is None:
+                proc.kill()  # by pid: our own child, still unreaped, so the pid is its
+            proc.wait()
+            _netns.untrack_pids(rec)
+
+    def uninstall(self) -> None:
+        self._stop_hogs()
+        for _, log, _ in getattr(self, "hogs", []):
+            try:
+                os.unlink(log)
+            except FileNotFoundError:
+                pass
+            _netns.untrack("files", log)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="spiketrace CPU hog (started by cpu-contention)")
+    ap.add_argument("--cpu", type=int, required=True)
+    ap.add_argument("--burst-ms", type=float, required=True)
+    ap.add_argument("--period-ms", type=float, required=True)
+    ap.add_argument("--duration-s", type=float, required=True)
+    ap.add_argument("--policy", choices=("fifo", "nice", "other"), default="fifo")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    _hog(a.cpu, a.burst_ms, a.period_ms, a.duration_s, a.out, a.policy)
+
+
+if __name__ == "__main__":
+    main()
