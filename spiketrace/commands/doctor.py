@@ -55,6 +55,7 @@ class ProbeCheck:
     detail: str
     required: bool = False
     fix: str = ""
+    why: str = ""  # why a preferred backend was not used
 
     @property
     def ok(self) -> Optional[bool]:
@@ -252,6 +253,13 @@ def check_ringbuf() -> Check:
 
 
 def kprobes_enabled(tracefs: Optional[str]) -> Optional[bool]:
+    """The tracer's own test (the perf kprobe PMU) where it is importable."""
+    try:
+        from tracer.probes import kprobes_available
+
+        return kprobes_available()
+    except ImportError:
+        pass
     if tracefs is None:
         return None
     return os.path.exists(os.path.join(tracefs, "kprobe_events"))
@@ -303,28 +311,33 @@ def _fallback_probe_checks() -> List[ProbeCheck]:
     return rows
 
 
+REQUIRED_EVIDENCE = ("retransmit", "state_change")  # without these nothing can be explained
+
+
 def _tracer_probe_checks() -> Optional[List[ProbeCheck]]:
-    """Rows from the tracer's own probe selection, if tracer.probes offers it."""
+    """Rows from the tracer's own probe selection (`tracer.probes.plan`), so doctor and the
+    tracer can never disagree. None if the tracer cannot plan here (no tracefs access)."""
     try:
         from tracer import probes as tracer_probes
+
+        plan = tracer_probes.plan()
     except Exception:
         return None
-    detect: Optional[Callable] = getattr(tracer_probes, "detect", None)
-    if detect is None:
-        return None
-    try:
-        found = detect()
-    except Exception:
-        return None
-    rows = []
-    for item in found:
-        rows.append(ProbeCheck(
-            evidence=str(getattr(item, "evidence", getattr(item, "name", "?"))),
-            backend=str(getattr(item, "backend", "unknown")),
-            detail=str(getattr(item, "detail", getattr(item, "target", ""))),
-            required=bool(getattr(item, "required", False)),
-            fix=str(getattr(item, "fix", "")),
-        ))
+    why = {}
+    for note in plan.notes:  # "accept_wait: tracepoint (kretprobe: kernel without kprobes)"
+        name, _, rest = note.partition(": ")
+        why[name] = rest[rest.find("(") + 1:rest.rfind(")")] if "(" in rest else rest
+    rows = [ProbeCheck("listen_overflow", "sampled", "TcpExt ListenOverflows + sock_diag queue")]
+    for name, backend in plan.backends.items():
+        cand = plan.chosen.get(name)
+        targets = ", ".join(dict.fromkeys(t for t, _fn, _f in cand.attach)) if cand else ""
+        if backend == "inferred" and cand is not None and cand.needs:
+            targets = f"from {cand.needs}"
+        fix = ""
+        if backend == "unavailable":
+            fix = "a kernel with the tracepoint, or CONFIG_KPROBES=y"
+        rows.append(ProbeCheck(name, backend, targets, name in REQUIRED_EVIDENCE, fix,
+                               why=why.get(name, "")))
     return rows
 
 
@@ -358,7 +371,8 @@ def render(report: Report, console) -> None:
         probes.add_column(col, overflow="fold")
     for p in report.probes:
         name = p.evidence if p.required else f"{p.evidence} [dim](optional)[/]"
-        probes.add_row(_MARK[p.ok], name, p.backend, escape(p.detail), escape(p.fix))
+        detail = escape(p.detail) + (f"\n[dim]not {escape(p.why)}[/]" if p.why else "")
+        probes.add_row(_MARK[p.ok], name, p.backend, detail, escape(p.fix))
     console.print(probes)
 
     if report.problems:

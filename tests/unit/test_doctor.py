@@ -158,3 +158,13 @@ def test_rich_output_renders():
     assert "Traceback" not in proc.stderr
     assert "BCC" in proc.stdout and "retransmit" in proc.stdout
     assert ("Ready:" in proc.stdout) == (proc.returncode == 0)
+
+
+@pytest.mark.skipif(not ROOT or tracefs() is None, reason="needs root and a mounted tracefs")
+def test_doctor_and_tracer_choose_the_same_backends():
+    from tracer.probes import plan
+
+    chosen = plan().backends
+    data = doctor_json()
+    shown = {p["evidence"]: p["backend"] for p in data["probes"] if p["evidence"] in chosen}
+    assert shown == chosen
