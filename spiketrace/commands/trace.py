@@ -117,6 +117,30 @@ def _addr(ev: Dict[str, Any], side: str) -> str:
     return f"[{addr}]:{port}" if ":" in str(addr) else f"{addr}:{port}"
 
 
+_REASONS: Dict[str, Dict[int, str]] = {}
+
+
+def reason_name(kind: str, code: int) -> str:
+    """A drop or reset reason code in the kernel's words (from BTF), else the number."""
+    if kind not in _REASONS:
+        try:
+            from tracer import btf
+
+            _REASONS[kind] = btf.drop_reason_names() if kind == "drop" else \
+                btf.reset_reason_names()
+        except Exception:  # no BTF: numbers are still right
+            _REASONS[kind] = {}
+    return _REASONS[kind].get(code, str(code))
+
+
+def _conn_flags(flags: int) -> str:
+    try:
+        from tracer.events import CONN_FLAGS
+    except ImportError:
+        return ""
+    return ",".join(name for bit, name in CONN_FLAGS.items() if flags & bit)
+
+
 def event_detail(ev: Dict[str, Any]) -> str:
     """The kind-specific part of a live line, in words."""
     import errno as errno_mod
@@ -132,14 +156,14 @@ def event_detail(ev: Dict[str, Any]) -> str:
     if kind == "state_change":
         return f"{state} -> {TCP_STATES.get(int(ev.get('new_state') or 0), ev.get('new_state'))}"
     if kind == "drop":
-        return f"dropped, reason {reason} ({state})"
+        return f"dropped: {reason_name('drop', reason)} ({state})"
     if kind == "connect_error":
         name = errno_mod.errorcode.get(reason, str(reason))
         return f"connect() {name}, {value} failed attempts"
     if kind in ("accept_wait", "runq_delay"):
         return f"{value / 1e6:.1f} ms"
     if kind in ("reset_sent", "reset_received"):
-        return f"in {state}" + (f", reason {reason}" if reason else "")
+        return f"in {state}" + (f", {reason_name('reset', reason)}" if reason else "")
     if kind == "slow_connection":
         parts = []
         if ev.get("t_established") and ev.get("t_open"):
@@ -147,7 +171,8 @@ def event_detail(ev: Dict[str, Any]) -> str:
         for key in ("syn_retrans", "retrans", "resets"):
             if ev.get(key):
                 parts.append(f"{key} {ev[key]}")
-        return ", ".join(parts) or ev.get("role", "")
+        flags = _conn_flags(int(ev.get("flags") or 0))
+        return ", ".join([str(ev.get("role") or "")] + parts + ([flags] if flags else []))
     return state if state != "0" else ""
 
 
