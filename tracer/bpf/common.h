@@ -1,0 +1,484 @@
+/* common.h — maps, scoping and the shared logic of every probe (BPF side only).
+ *
+ * Each probe in tcp.c / syscalls.c / sched.c / kprobes.c is a thin wrapper: it takes its
+ * arguments out of a tracepoint record or out of pt_regs and calls one of the handle_*()
+ * functions below, so a tracepoint and its kprobe fallback share one body.
+ *
+ * Defines given by tracer/session.py (render_source):
+ *   OFF_*            kernel struct offsets from BTF (tracer/btf.py); no kernel struct is
+ *                    dereferenced by name because the installed headers may not match.
+ *   TPO_<event>_<field>  tracepoint record offsets read from tracefs (tracer/probes.py).
+ *   NETNS_INUM       only sockets (and tasks) in this network namespace (0 = any)
+ *   HAVE_PORTS       only sockets with a local or remote port in the `ports` map
+ *   FILTER_PIDS      only tasks whose tgid is in `pids` (user-given)
+ *   FILTER_CGROUP    only tasks in the cgroup held by `cgroup_filter` (and its descendants)
+ *   SLOW_CONN_NS, RUNQ_THRESHOLD_NS, ACCEPT_THRESHOLD_NS   thresholds for sending evidence
+ *   ALL_EVENTS       send every state change of traced sockets (validation, not production)
+ *   USE_RINGBUF, RINGBUF_PAGES, RB_FLAGS   output channel (else a perf buffer)
+ *   SKB_CONSUMED_REASON  the skb_drop_reason value that means "not a drop"
+ */
+#ifndef SPIKETRACE_COMMON_H
+#define SPIKETRACE_COMMON_H
+
+#include "spiketrace.h"
+
+#define ST_AF_INET 2
+#define ST_AF_INET6 10
+#define ST_IPPROTO_TCP 6
+
+/* TCP states (include/net/tcp_states.h) */
+#define ST_TCP_ESTABLISHED 1
+#define ST_TCP_SYN_SENT 2
+#define ST_TCP_SYN_RECV 3
+#define ST_TCP_FIN_WAIT1 4
+#define ST_TCP_FIN_WAIT2 5
+#define ST_TCP_TIME_WAIT 6
+#define ST_TCP_CLOSE 7
+#define ST_TCP_CLOSE_WAIT 8
+#define ST_TCP_LAST_ACK 9
+#define ST_TCP_LISTEN 10
+#define ST_TCP_CLOSING 11
+
+/* errno values that are not failures of a connect() */
+#define ST_EISCONN 106
+#define ST_EALREADY 114
+#define ST_EINPROGRESS 115
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define st_ntohs(x) __builtin_bswap16(x)
+#else
+#define st_ntohs(x) (x)
+#endif
+
+/* A scalar field of a tracepoint record at an offset read from tracefs (naturally aligned). */
+#define TP_FIELD(ctx, T, off) (*(T *)((char *)(ctx) + (off)))
+
+#define PID_USER 1     /* given by the user (config.pids, add_pids) */
+#define PID_LEARNED 2  /* connected to / accepted from a traced port */
+
+#ifndef RB_FLAGS
+#define RB_FLAGS 1     /* BPF_RB_NO_WAKEUP: the consumer polls on a short timer */
+#endif
+#ifndef SKB_CONSUMED_REASON
+#define SKB_CONSUMED_REASON 1
+#endif
+
+/* ---- maps ---- */
+#ifdef USE_RINGBUF
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#else
+BPF_PERF_OUTPUT(events);
+#endif
+BPF_HASH(ports, u16, u8, 1024);                   /* traced ports, host byte order */
+BPF_HASH(pids, u32, u8, 65536);                   /* tgid -> PID_USER | PID_LEARNED */
+BPF_TABLE("lru_hash", u32, u8, tids, 65536);      /* threads of traced tgids (sched) */
+BPF_TABLE("lru_hash", u32, u64, runnable, 65536); /* tid -> when it became runnable */
+BPF_TABLE("lru_hash", u64, struct st_conn, conns, 65536); /* sock address -> connection */
+BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
+BPF_PERCPU_ARRAY(hists, u64, HIST_N * HIST_BUCKETS);
+#ifdef FILTER_CGROUP
+BPF_CGROUP_ARRAY(cgroup_filter, 1);
+#endif
+
+/* ---- small helpers ---- */
+static __always_inline void count(u32 slot)
+{
+	u64 *c = counters.lookup(&slot);
+	if (c)
+		(*c)++;
+}
+
+static __always_inline void hist_add(u32 hist, u64 value)
+{
+	u32 idx = hist * HIST_BUCKETS + (value ? bpf_log2l(value) : 0);
+	u64 *c = hists.lookup(&idx);
+	if (c)
+		(*c)++;
+}
+
+static __always_inline void submit_event(void *ctx, struct st_event *ev)
+{
+#ifdef USE_RINGBUF
+	int err = events.ringbuf_output(ev, sizeof(*ev), RB_FLAGS);
+#else
+	int err = events.perf_submit(ctx, ev, sizeof(*ev));
+#endif
+	count(err ? CTR_LOST_BASE + ev->kind : CTR_SENT_BASE + ev->kind);
+}
+
+static __always_inline void submit_conn(void *ctx, struct st_conn *c)
+{
+#ifdef USE_RINGBUF
+	int err = events.ringbuf_output(c, sizeof(*c), RB_FLAGS);
+#else
+	int err = events.perf_submit(ctx, c, sizeof(*c));
+#endif
+	count(err ? CTR_CONN_LOST : CTR_CONN_SENT);
+}
+
+/* A kernel pointer read through an offset from BTF. */
+static __always_inline void *read_ptr(const void *base, u32 off)
+{
+	void *p = NULL;
+	if (base)
+		bpf_probe_read_kernel(&p, sizeof(p), (const char *)base + off);
+	return p;
+}
+
+/* netns inode of a socket: sk->__sk_common.skc_net.net->ns.inum. Timer-driven events run with
+ * no useful current task, so the socket decides the namespace, never the task. */
+static __always_inline u32 sk_netns(const void *sk)
+{
+	u32 inum = 0;
+	void *net = read_ptr(sk, OFF_SKC_NET);
+	if (net)
+		bpf_probe_read_kernel(&inum, sizeof(inum), (char *)net + OFF_NET_INUM);
+	return inum;
+}
+
+/* netns inode of the current task: current->nsproxy->net_ns->ns.inum */
+static __always_inline u32 task_netns(void)
+{
+	u32 inum = 0;
+	void *nsproxy = read_ptr((void *)bpf_get_current_task(), OFF_TASK_NSPROXY);
+	void *net = read_ptr(nsproxy, OFF_NSPROXY_NET_NS);
+	if (net)
+		bpf_probe_read_kernel(&inum, sizeof(inum), (char *)net + OFF_NET_INUM);
+	return inum;
+}
+
+static __always_inline int netns_in_scope(u32 inum)
+{
+#if NETNS_INUM
+	return inum == NETNS_INUM;
+#else
+	return 1;
+#endif
+}
+
+static __always_inline int ports_in_scope(u16 sport, u16 dport)
+{
+#ifdef HAVE_PORTS
+	return ports.lookup(&sport) || ports.lookup(&dport);
+#else
+	return 1;
+#endif
+}
+
+/* Scope of a process-context event: user-given pids and cgroup. */
+static __always_inline int task_in_scope(u32 tgid)
+{
+#ifdef FILTER_PIDS
+	u8 *f = pids.lookup(&tgid);
+	if (!f || !(*f & PID_USER))
+		return 0;
+#endif
+#ifdef FILTER_CGROUP
+	if (cgroup_filter.check_current_task(0) <= 0)
+		return 0;
+#endif
+	return 1;
+}
+
+static __always_inline void learn_pid(u32 tgid)
+{
+	u8 *f = pids.lookup(&tgid);
+	if (!f) {
+		u8 v = PID_LEARNED;
+		pids.update(&tgid, &v);
+	}
+}
+
+/* A socket event is in scope if its socket is tracked, or by netns and ports. With only
+ * pids/cgroup given, sockets are tracked from the connect() or accept() of a traced task. */
+static __always_inline int sock_in_scope(const void *sk, u16 sport, u16 dport, u32 *netns)
+{
+	u64 key = (u64)sk;
+	struct st_conn *c = conns.lookup(&key);
+	if (c) {
+		*netns = c->netns;
+		return 1;
+	}
+#if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
+	return 0;
+#endif
+	if (!ports_in_scope(sport, dport))
+		return 0;
+	*netns = sk_netns(sk);
+	return netns_in_scope(*netns);
+}
+
+/* The 4-tuple as a socket sees it (s = local), host byte order ports. */
+struct st_tuple {
+	u8 saddr[16];
+	u8 daddr[16];
+	u16 sport;
+	u16 dport;
+	u16 family;
+	u16 pad;
+};
+
+/* Tuple from a struct sock_common (sockets and request sockets) through BTF offsets. */
+static __always_inline void sk_read_tuple(const void *sk, struct st_tuple *t)
+{
+	u16 dport = 0;
+	bpf_probe_read_kernel(&t->family, 2, (char *)sk + OFF_SKC_FAMILY);
+	bpf_probe_read_kernel(&t->sport, 2, (char *)sk + OFF_SKC_NUM);
+	bpf_probe_read_kernel(&dport, 2, (char *)sk + OFF_SKC_DPORT);
+	t->dport = st_ntohs(dport);
+	if (t->family == ST_AF_INET6) {
+		bpf_probe_read_kernel(t->saddr, 16, (char *)sk + OFF_SKC_V6_RCV_SADDR);
+		bpf_probe_read_kernel(t->daddr, 16, (char *)sk + OFF_SKC_V6_DADDR);
+	} else {
+		bpf_probe_read_kernel(t->saddr, 4, (char *)sk + OFF_SKC_RCV_SADDR);
+		bpf_probe_read_kernel(t->daddr, 4, (char *)sk + OFF_SKC_DADDR);
+	}
+}
+
+static __always_inline u8 sk_read_state(const void *sk)
+{
+	u8 state = 0;
+	bpf_probe_read_kernel(&state, 1, (char *)sk + OFF_SKC_STATE);
+	return state;
+}
+
+static __always_inline void fill_event(struct st_event *ev, u8 kind, u32 netns,
+				       const struct st_tuple *t)
+{
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->t_ns = bpf_ktime_get_ns();
+	ev->kind = kind;
+	ev->netns = netns;
+	if (t) {
+		ev->sport = t->sport;
+		ev->dport = t->dport;
+		ev->family = t->family;
+		__builtin_memcpy(ev->saddr, t->saddr, 16);
+		__builtin_memcpy(ev->daddr, t->daddr, 16);
+	}
+	ev->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+}
+
+/* ---- connection tracking: one st_conn per socket, from its first state to CLOSE ---- */
+
+static __always_inline void conn_close(void *ctx, struct st_conn *c, u64 key, u64 now)
+{
+	c->t_close = now;
+	if (c->t_open) {
+		u64 life = now - c->t_open;
+		hist_add(HIST_LIFETIME, life);
+		if (life > SLOW_CONN_NS)
+			c->flags |= CONN_SLOW_LIFETIME;
+	}
+	count(CTR_CONN_COUNTED);
+	if (c->flags & (CONN_SLOW_CONNECT | CONN_SLOW_LIFETIME | CONN_RETRANS))
+		submit_conn(ctx, c);
+	conns.delete(&key);
+}
+
+static __always_inline void emit_time_wait(void *ctx, struct st_conn *c, u32 netns,
+					   const struct st_tuple *t, u8 state)
+{
+	struct st_event ev;
+	count(CTR_TIME_WAIT);
+	if (c)
+		c->flags |= CONN_TIME_WAIT;
+#ifndef ALL_EVENTS
+	/* Every active close enters TIME_WAIT: send it only as part of a connection already worth
+	 * sending; the TIME_WAIT census (counters.parquet) covers the rest. */
+	if (!c || !(c->flags & (CONN_SLOW_CONNECT | CONN_RETRANS)))
+		return;
+#endif
+	fill_event(&ev, KIND_TIME_WAIT, netns, t);
+	ev.state = state;
+	ev.new_state = ST_TCP_TIME_WAIT;
+	submit_event(ctx, &ev);
+}
+
+static __always_inline int handle_state(void *ctx, const void *sk, int oldstate, int newstate,
+					const struct st_tuple *t)
+{
+	u64 key = (u64)sk, now;
+	u32 netns = 0;
+	struct st_conn *c;
+
+	if (newstate == ST_TCP_LISTEN || oldstate == ST_TCP_LISTEN && newstate == ST_TCP_CLOSE)
+		return 0; /* listeners are not connections */
+	if (!sock_in_scope(sk, t->sport, t->dport, &netns))
+		return 0;
+	now = bpf_ktime_get_ns();
+#ifdef ALL_EVENTS
+	{
+		struct st_event ev;
+		fill_event(&ev, KIND_STATE_CHANGE, netns, t);
+		ev.state = oldstate;
+		ev.new_state = newstate;
+		submit_event(ctx, &ev);
+	}
+#endif
+	c = conns.lookup(&key);
+	if (!c) {
+		struct st_conn zero;
+		u64 id = bpf_get_current_pid_tgid();
+		if (newstate == ST_TCP_CLOSE)
+			return 0; /* closed before we ever saw it open */
+		__builtin_memset(&zero, 0, sizeof(zero));
+		zero.netns = netns;
+		zero.sport = t->sport;
+		zero.dport = t->dport;
+		zero.family = t->family;
+		__builtin_memcpy(zero.saddr, t->saddr, 16);
+		__builtin_memcpy(zero.daddr, t->daddr, 16);
+		if (newstate == ST_TCP_SYN_SENT) {
+			/* connect() runs in the connecting task's context */
+			zero.role = ROLE_CLIENT;
+			zero.t_open = now;
+			zero.pid = id >> 32;
+			bpf_get_current_comm(zero.comm, sizeof(zero.comm));
+#if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
+			if (!task_in_scope(zero.pid))
+				return 0;
+#endif
+		} else if (newstate == ST_TCP_SYN_RECV) {
+			/* a child socket, created when the handshake's final ACK arrived (softirq:
+			 * the current task is whoever sent it, so pid is learned at accept()) */
+			zero.role = ROLE_SERVER;
+			zero.t_open = now;
+		} else {
+			zero.flags = CONN_PARTIAL;
+		}
+#if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
+		if (zero.role != ROLE_CLIENT)
+			return 0;
+#endif
+		zero.state = newstate;
+		conns.update(&key, &zero);
+		return 0;
+	}
+	c->state = newstate;
+	if (t->sport && !c->sport) {
+		/* connect() picks the local port after CLOSE -> SYN_SENT */
+		c->sport = t->sport;
+		__builtin_memcpy(c->saddr, t->saddr, 16);
+	}
+	if (newstate == ST_TCP_ESTABLISHED && !c->t_established) {
+		c->t_established = now;
+		if (c->role == ROLE_CLIENT && c->t_open) {
+			u64 d = now - c->t_open;
+			hist_add(HIST_CONNECT, d);
+			if (d > SLOW_CONN_NS)
+				c->flags |= CONN_SLOW_CONNECT;
+		}
+	} else if (newstate == ST_TCP_CLOSE) {
+		if (oldstate == ST_TCP_SYN_SENT && (c->flags & CONN_RESET))
+			c->flags |= CONN_REFUSED;
+#ifndef USE_KP_TIME_WAIT
+		/* tcp_time_wait() hands the connection to a timewait socket and closes the full
+		 * socket: FIN_WAIT2 -> CLOSE (FIN received, or orphan FIN_WAIT2 timeout) or
+		 * CLOSING -> CLOSE (simultaneous close). A reset in those states closes it
+		 * without TIME_WAIT, so sockets that saw a reset are left out. */
+		if ((oldstate == ST_TCP_FIN_WAIT2 || oldstate == ST_TCP_CLOSING) &&
+		    !(c->flags & CONN_RESET))
+			emit_time_wait(ctx, c, netns, t, oldstate);
+#endif
+		conn_close(ctx, c, key, now);
+	}
+	return 0;
+}
+
+static __always_inline int handle_retransmit(void *ctx, const void *sk, int state, int err,
+					     const struct st_tuple *t)
+{
+	u64 key = (u64)sk;
+	u32 netns = 0;
+	struct st_event ev;
+	struct st_conn *c;
+
+	if (!sock_in_scope(sk, t->sport, t->dport, &netns))
+		return 0;
+	fill_event(&ev, KIND_RETRANSMIT, netns, t);
+	ev.state = state;
+	ev.reason = err;
+	c = conns.lookup(&key);
+	if (c) {
+		if (state == ST_TCP_SYN_SENT)
+			ev.value = ++c->syn_retrans;
+		else
+			ev.value = ++c->retrans;
+		c->flags |= CONN_RETRANS;
+	}
+	submit_event(ctx, &ev);
+	return 0;
+}
+
+/* sk is the listener; the tuple is the request's (local = the listener's side). */
+static __always_inline int handle_synack(void *ctx, const void *sk, const struct st_tuple *t)
+{
+	u32 netns = 0;
+	struct st_event ev;
+
+	if (!ports_in_scope(t->sport, t->dport))
+		return 0;
+	netns = sk_netns(sk);
+	if (!netns_in_scope(netns))
+		return 0;
+	fill_event(&ev, KIND_SYNACK_RETRANSMIT, netns, t);
+	ev.state = ST_TCP_SYN_RECV;
+	submit_event(ctx, &ev);
+	return 0;
+}
+
+static __always_inline int handle_reset(void *ctx, u8 kind, const void *sk, u32 netns,
+					int state, int reason, const struct st_tuple *t)
+{
+	struct st_event ev;
+	if (sk) {
+		u64 key = (u64)sk;
+		struct st_conn *c = conns.lookup(&key);
+		if (c) {
+			c->resets++;
+			c->flags |= CONN_RESET;
+		}
+	}
+	fill_event(&ev, kind, netns, t);
+	ev.state = state;
+	ev.reason = reason;
+	submit_event(ctx, &ev);
+	return 0;
+}
+
+/* accept() returned socket `sk` to the current task: the wait since its ESTABLISHED. */
+static __always_inline int handle_accepted(void *ctx, const void *sk)
+{
+	u64 key = (u64)sk, now, id;
+	struct st_conn *c = conns.lookup(&key);
+	if (!c || c->role != ROLE_SERVER)
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	c->pid = id >> 32;
+	bpf_get_current_comm(c->comm, sizeof(c->comm));
+	c->flags |= CONN_ACCEPTED;
+	learn_pid(c->pid);
+	if (!c->t_established)
+		return 0;
+	now = bpf_ktime_get_ns();
+	hist_add(HIST_ACCEPT_WAIT, now - c->t_established);
+	if (now - c->t_established > ACCEPT_THRESHOLD_NS) {
+		struct st_event ev;
+		struct st_tuple t = {};
+		__builtin_memcpy(t.saddr, c->saddr, 16);
+		__builtin_memcpy(t.daddr, c->daddr, 16);
+		t.sport = c->sport;
+		t.dport = c->dport;
+		t.family = c->family;
+		fill_event(&ev, KIND_ACCEPT_WAIT, c->netns, &t);
+		ev.state = c->state;
+		ev.value = now - c->t_established;
+		ev.value2 = c->t_established;
+		submit_event(ctx, &ev);
+	}
+	return 0;
+}
+
+#endif /* SPIKETRACE_COMMON_H */

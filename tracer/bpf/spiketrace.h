@@ -1,0 +1,96 @@
+/* spiketrace.h — the records the tracer's BPF programs send to user space, and their constants.
+ *
+ * This is the ONE definition of the event layout; tracer/events.py mirrors it with ctypes and
+ * tests/unit/test_event_layout.py compiles this header with gcc to check that the mirror has the
+ * same sizes and offsets. Plain C only (no BPF helpers), so gcc can include it.
+ * BPF-only maps and logic live in common.h.
+ */
+#ifndef SPIKETRACE_H
+#define SPIKETRACE_H
+
+#include <linux/types.h>
+
+/* Event kinds (events.parquet `kind`; names in tracer/events.py KIND_NAMES). */
+#define KIND_RETRANSMIT 1        /* data or SYN retransmit; state tells which; reason = err */
+#define KIND_SYNACK_RETRANSMIT 2 /* listener retransmitted a SYN-ACK */
+#define KIND_STATE_CHANGE 3      /* every TCP state change of traced ports (all_events only) */
+#define KIND_RESET_SENT 4        /* reason = enum sk_rst_reason (6.10+), else 0 */
+#define KIND_RESET_RECEIVED 5
+#define KIND_DROP 6              /* reason = enum skb_drop_reason, value = kernel code address */
+#define KIND_CONNECT_ERROR 7     /* reason = errno, value = failures in streak, value2 = start */
+#define KIND_ACCEPT_WAIT 8       /* value = ns from server-side ESTABLISHED to accept() */
+#define KIND_RUNQ_DELAY 9        /* value = ns runnable but not running, value2 = cpu */
+#define KIND_TIME_WAIT 10        /* the socket entered TIME_WAIT (inferred or tcp_time_wait) */
+#define KIND_MAX 11
+
+/* Slots of the per-CPU `counters` array. */
+#define CTR_CONN_COUNTED 0  /* connections tracked to their close */
+#define CTR_CONN_SENT 1     /* ... of which sent to user space (slow or anomalous) */
+#define CTR_CONN_LOST 2     /* connection records that did not fit the output buffer */
+#define CTR_TIME_WAIT 3     /* entries into TIME_WAIT seen */
+#define CTR_SENT_BASE 16    /* + kind: events submitted */
+#define CTR_LOST_BASE 32    /* + kind: events that did not fit the output buffer */
+#define CTR_MAX 48
+
+/* Histograms kept in the kernel (per-CPU array of HIST_N * HIST_BUCKETS log2 buckets). */
+#define HIST_CONNECT 0      /* client SYN_SENT -> ESTABLISHED */
+#define HIST_LIFETIME 1     /* first seen state -> CLOSE */
+#define HIST_ACCEPT_WAIT 2  /* server-side ESTABLISHED -> accept() */
+#define HIST_RUNQ 3         /* wakeup/preemption -> running, traced threads */
+#define HIST_N 4
+#define HIST_BUCKETS 64
+
+/* Connection roles and flags (connections.parquet `role`, `flags`). */
+#define ROLE_CLIENT 1
+#define ROLE_SERVER 2
+#define CONN_SLOW_CONNECT 0x01  /* handshake took longer than slow_conn_ms */
+#define CONN_SLOW_LIFETIME 0x02 /* open -> close took longer than slow_conn_ms */
+#define CONN_RETRANS 0x04       /* had a SYN or data retransmit */
+#define CONN_RESET 0x08         /* sent or received a reset */
+#define CONN_TIME_WAIT 0x10     /* closed into TIME_WAIT */
+#define CONN_ACCEPTED 0x20      /* accept() of a traced process returned it */
+#define CONN_PARTIAL 0x40       /* first seen after its open (tracing started late) */
+#define CONN_REFUSED 0x80       /* closed from SYN_SENT by a reset */
+
+/* Size-tagged records: user space tells them apart by their size. */
+struct st_event {
+	__u64 t_ns;      /* bpf_ktime_get_ns() == CLOCK_MONOTONIC */
+	__s64 value;
+	__s64 value2;
+	__u32 netns;     /* netns inode of the socket (of the task for syscall events) */
+	__u32 pid;       /* tgid; the delayed thread's tid for runq_delay; 0 in timer context */
+	__s32 reason;
+	__u16 sport;     /* host byte order; s = local side */
+	__u16 dport;
+	__u8 saddr[16];  /* IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__u8 kind;
+	__u8 family;     /* AF_INET 2, AF_INET6 10, 0 if none */
+	__u8 state;
+	__u8 new_state;
+	char comm[16];
+};
+
+struct st_conn {
+	__u64 t_open;        /* SYN_SENT (client) or child socket created (server), 0 if unseen */
+	__u64 t_established;
+	__u64 t_first_data;  /* 0: not traced with tracepoints */
+	__u64 t_close;
+	__u32 netns;
+	__u32 pid;           /* connecting / accepting tgid, 0 if unknown */
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
+	__u8 role;
+	__u8 state;          /* last state seen */
+	__u8 pad;
+	__u32 syn_retrans;
+	__u32 retrans;
+	__u32 resets;
+	__u32 flags;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	char comm[16];
+};
+
+#endif /* SPIKETRACE_H */

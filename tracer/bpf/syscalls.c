@@ -1,0 +1,158 @@
+/* syscalls.c — connect() error streaks and accept-queue wait, from syscall tracepoints.
+ *
+ * connect(): a client that busy-retries a failing connect() (the seed's `while connect_ex()`)
+ * can fail millions of times; each thread's run of identical failures is aggregated here and
+ * sent as ONE connect_error event (errno, count, start) when it ends.
+ *
+ * accept(): the returned fd is turned into its socket (current->files->fdt->fd[fd]
+ * ->private_data->sk, offsets from BTF) and looked up in the connection table, which holds the
+ * server-side ESTABLISHED time: the exact inet_csk_accept wait, without a kretprobe.
+ */
+#include "common.h"
+
+struct connect_args {
+	u16 family;
+	u16 dport;
+	u8 daddr[16];
+};
+
+struct streak {
+	u64 start_ns;
+	u64 last_ns;
+	u32 count;
+	s32 err;
+	u32 netns;
+	u32 tgid;
+	u16 family;
+	u16 dport;
+	u8 daddr[16];
+	char comm[16];
+};
+
+BPF_HASH(connect_pending, u32, struct connect_args, 16384); /* tid -> destination */
+BPF_HASH(streaks, u32, struct streak, 16384);               /* tid -> current failure run */
+
+#ifdef USE_TP_CONNECT_ERROR
+int tp_sys_enter_connect(void *ctx)
+{
+	struct connect_args a = {};
+	const char *uaddr = TP_FIELD(ctx, const char *, TPO_sys_enter_connect_uservaddr);
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = id;
+	u16 port = 0;
+
+	if (!uaddr || !task_in_scope(id >> 32))
+		return 0;
+	bpf_probe_read_user(&a.family, 2, uaddr);
+	if (a.family != ST_AF_INET && a.family != ST_AF_INET6)
+		return 0;
+	bpf_probe_read_user(&port, 2, uaddr + 2);
+	a.dport = st_ntohs(port);
+	if (!ports_in_scope(0, a.dport))
+		return 0;
+	if (a.family == ST_AF_INET6)
+		bpf_probe_read_user(a.daddr, 16, uaddr + 8);
+	else
+		bpf_probe_read_user(a.daddr, 4, uaddr + 4);
+	connect_pending.update(&tid, &a);
+	return 0;
+}
+
+static __always_inline void send_streak(void *ctx, struct streak *s)
+{
+	struct st_event ev;
+	struct st_tuple t = {};
+	t.dport = s->dport;
+	t.family = s->family;
+	__builtin_memcpy(t.daddr, s->daddr, 16);
+	fill_event(&ev, KIND_CONNECT_ERROR, s->netns, &t);
+	ev.t_ns = s->last_ns;
+	ev.pid = s->tgid;
+	__builtin_memcpy(ev.comm, s->comm, 16);
+	ev.reason = s->err;
+	ev.value = s->count;
+	ev.value2 = s->start_ns;
+	submit_event(ctx, &ev);
+}
+
+int tp_sys_exit_connect(void *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid(), now;
+	u32 tid = id;
+	long ret = TP_FIELD(ctx, long, TPO_sys_exit_connect_ret);
+	struct connect_args *a = connect_pending.lookup(&tid);
+	struct streak *s;
+	s32 err;
+
+	if (!a)
+		return 0;
+	err = ret < 0 ? -ret : 0;
+	if (err == ST_EINPROGRESS || err == ST_EALREADY)
+		goto out; /* a non-blocking connect under way: not a failure */
+	s = streaks.lookup(&tid);
+	if (s && s->err == err && s->dport == a->dport) {
+		s->count++;
+		s->last_ns = bpf_ktime_get_ns();
+		goto out;
+	}
+	if (s) {
+		send_streak(ctx, s);
+		streaks.delete(&tid);
+	}
+	if (err && err != ST_EISCONN) {
+		struct streak n = {};
+		u32 netns = task_netns();
+		if (!netns_in_scope(netns))
+			goto out;
+		now = bpf_ktime_get_ns();
+		n.start_ns = now;
+		n.last_ns = now;
+		n.count = 1;
+		n.err = err;
+		n.netns = netns;
+		n.tgid = id >> 32;
+		n.family = a->family;
+		n.dport = a->dport;
+		__builtin_memcpy(n.daddr, a->daddr, 16);
+		bpf_get_current_comm(n.comm, sizeof(n.comm));
+		streaks.update(&tid, &n);
+		learn_pid(n.tgid);
+	}
+out:
+	connect_pending.delete(&tid);
+	return 0;
+}
+#endif
+
+#ifdef USE_TP_ACCEPT_WAIT
+/* current->files->fdt->fd[fd]->private_data (a struct socket for socket files)->sk */
+static __always_inline void *fd_to_sk(long fd)
+{
+	void *files = read_ptr((void *)bpf_get_current_task(), OFF_TASK_FILES);
+	void *fdt = read_ptr(files, OFF_FILES_FDT);
+	void **fds, *file, *sock;
+	u32 max_fds = 0;
+
+	if (!fdt)
+		return NULL;
+	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (char *)fdt + OFF_FDT_MAX_FDS);
+	if (fd < 0 || fd >= max_fds)
+		return NULL;
+	fds = read_ptr(fdt, OFF_FDT_FD);
+	file = read_ptr(fds, fd * sizeof(void *));
+	sock = read_ptr(file, OFF_FILE_PRIVATE_DATA);
+	return read_ptr(sock, OFF_SOCKET_SK);
+}
+
+int tp_sys_exit_accept(void *ctx)
+{
+	long fd = TP_FIELD(ctx, long, TPO_sys_exit_accept4_ret);
+	void *sk;
+	if (fd < 0 || !task_in_scope(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	sk = fd_to_sk(fd);
+	if (sk)
+		handle_accepted(ctx, sk);
+	return 0;
+}
+#endif

@@ -1,0 +1,239 @@
+"""Which probe gives each piece of evidence on this kernel, and how to read it.
+
+For each evidence (DESIGN.md, "Kernel mechanisms") the candidates are tried in order of
+preference: a stable tracepoint whose record has the fields the program reads, else a kprobe
+where the kernel has kprobes and the function exists, else an inference or nothing. The
+choice is reported per evidence (`Plan.backends`, stored as `probes` in meta.json) with the
+reason for every fallback (`Plan.notes`).
+
+Tracepoint records are read at offsets parsed from tracefs `format` files at run time and
+passed to BPF as `-DTPO_<event>_<field>=<offset>`, so one source works across kernels whose
+records differ (6.18 added `err` to tcp_retransmit_skb and changed tcp_send_reset).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from spiketrace.errors import SpikeTraceError
+
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+_TUPLE = ("sport", "dport", "family", "saddr", "daddr", "saddr_v6", "daddr_v6")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    backend: str  # tracepoint | kprobe | kretprobe | inferred
+    # tracepoint: ("category:event", fn, required fields); kprobe: (kernel function, fn, ())
+    attach: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = ()
+    define: str = ""  # -D<define> compiles this variant in
+    needs: str = ""   # another evidence that must be available (inferred / derived)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    name: str
+    candidates: Tuple[Candidate, ...]
+
+
+def _tp(event: str, fn: str, fields: Sequence[str]) -> Tuple[str, str, Tuple[str, ...]]:
+    return (event, fn, tuple(fields))
+
+
+EVIDENCE: Tuple[Evidence, ...] = (
+    Evidence("state_change", (
+        Candidate("tracepoint", (_tp("sock:inet_sock_set_state", "tp_inet_sock_set_state",
+                                     ("skaddr", "oldstate", "newstate", "protocol") + _TUPLE),),
+                  "USE_TP_STATE_CHANGE"),
+        Candidate("kprobe", (("tcp_set_state", "kp_tcp_set_state", ()),), "USE_KP_STATE_CHANGE"),
+    )),
+    Evidence("retransmit", (
+        Candidate("tracepoint", (_tp("tcp:tcp_retransmit_skb", "tp_tcp_retransmit_skb",
+                                     ("skaddr", "state") + _TUPLE),), "USE_TP_RETRANSMIT"),
+        Candidate("kprobe", (("tcp_retransmit_skb", "kp_tcp_retransmit_skb", ()),),
+                  "USE_KP_RETRANSMIT"),
+    )),
+    Evidence("synack_retransmit", (
+        Candidate("tracepoint", (_tp("tcp:tcp_retransmit_synack", "tp_tcp_retransmit_synack",
+                                     ("skaddr",) + _TUPLE),), "USE_TP_SYNACK_RETRANSMIT"),
+        Candidate("kprobe", (("tcp_rtx_synack", "kp_tcp_rtx_synack", ()),),
+                  "USE_KP_SYNACK_RETRANSMIT"),
+    )),
+    Evidence("time_wait", (
+        Candidate("kprobe", (("tcp_time_wait", "kp_tcp_time_wait", ()),), "USE_KP_TIME_WAIT",
+                  needs="state_change"),
+        Candidate("inferred", (), "", needs="state_change"),
+    )),
+    Evidence("accept_wait", (
+        Candidate("kretprobe", (("inet_csk_accept", "kretp_inet_csk_accept", ()),),
+                  "USE_KP_ACCEPT_WAIT", needs="state_change"),
+        Candidate("tracepoint", (_tp("syscalls:sys_exit_accept4", "tp_sys_exit_accept", ("ret",)),
+                                 _tp("syscalls:sys_exit_accept", "tp_sys_exit_accept", ("ret",))),
+                  "USE_TP_ACCEPT_WAIT", needs="state_change"),
+    )),
+    Evidence("reset_sent", (
+        Candidate("tracepoint", (_tp("tcp:tcp_send_reset", "tp_tcp_send_reset",
+                                     ("skbaddr", "skaddr", "saddr", "daddr")),),
+                  "USE_TP_RESET_SENT"),
+    )),
+    Evidence("reset_received", (
+        Candidate("tracepoint", (_tp("tcp:tcp_receive_reset", "tp_tcp_receive_reset",
+                                     ("skaddr",) + _TUPLE),), "USE_TP_RESET_RECEIVED"),
+    )),
+    Evidence("drop", (
+        Candidate("tracepoint", (_tp("skb:kfree_skb", "tp_kfree_skb",
+                                     ("skbaddr", "location", "protocol")),),
+                  "USE_TP_DROP"),
+    )),
+    Evidence("connect_error", (
+        Candidate("tracepoint", (_tp("syscalls:sys_enter_connect", "tp_sys_enter_connect",
+                                     ("uservaddr",)),
+                                 _tp("syscalls:sys_exit_connect", "tp_sys_exit_connect", ("ret",))),
+                  "USE_TP_CONNECT_ERROR"),
+    )),
+    Evidence("runq_delay", (
+        Candidate("tracepoint", (_tp("sched:sched_wakeup", "tp_sched_wakeup", ("pid",)),
+                                 _tp("sched:sched_wakeup_new", "tp_sched_wakeup_new", ("pid",)),
+                                 _tp("sched:sched_switch", "tp_sched_switch",
+                                     ("prev_pid", "prev_state", "next_pid", "next_comm"))),
+                  "USE_TP_RUNQ_DELAY"),
+    )),
+)
+
+EVIDENCE_NAMES = tuple(e.name for e in EVIDENCE)
+
+
+@dataclasses.dataclass
+class Plan:
+    """The probes chosen for this kernel."""
+
+    backends: Dict[str, str]  # evidence -> tracepoint | kprobe | kretprobe | inferred | unavailable
+    chosen: Dict[str, Candidate]
+    defines: Dict[str, int]  # -D flags: USE_* = 1 and TPO_<event>_<field> = offset
+    notes: List[str]
+
+    def attachments(self) -> List[Tuple[str, str, str, str]]:
+        """(evidence, backend, target, BPF function) for every attach, in order."""
+        out = []
+        for name, cand in self.chosen.items():
+            for target, fn, _ in cand.attach:
+                out.append((name, cand.backend, target, fn))
+        return out
+
+
+def tracefs() -> str:
+    """The tracefs mount (events/ inside), or a SpikeTraceError pointing to the doctor."""
+    for path in TRACEFS_CANDIDATES:
+        if os.path.isdir(os.path.join(path, "events")):
+            return path
+    raise SpikeTraceError(
+        "tracefs is not mounted (no /sys/kernel/tracing/events): mount it with "
+        "`mount -t tracefs nodev /sys/kernel/tracing` (see `spiketrace doctor`)")
+
+
+_FIELD_RE = re.compile(r"field:(?P<decl>[^;]*);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);")
+
+
+def tracepoint_fields(event: str, root: Optional[str] = None) -> Optional[Dict[str, Tuple[int, int]]]:
+    """Field name -> (offset, size) of tracepoint `category:event`, None if it does not exist."""
+    category, name = event.split(":")
+    path = os.path.join(root or tracefs(), "events", category, name, "format")
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    fields = {}
+    for m in _FIELD_RE.finditer(text):
+        decl = re.sub(r"\[.*\]", "", m.group("decl")).strip()
+        fname = decl.split()[-1].lstrip("*")
+        if not fname.startswith("common_"):
+            fields[fname] = (int(m.group("off")), int(m.group("size")))
+    return fields
+
+
+def kprobes_available() -> bool:
+    """True if this kernel can attach kprobes (CONFIG_KPROBES with the perf kprobe PMU)."""
+    return os.path.exists("/sys/bus/event_source/devices/kprobe/type")
+
+
+def kernel_function_exists(name: str) -> bool:
+    try:
+        with open("/proc/kallsyms") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] == name:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def _tp_defines(event: str, fields: Dict[str, Tuple[int, int]]) -> Dict[str, int]:
+    ev = event.split(":")[1]
+    return {f"TPO_{ev}_{f}": off for f, (off, _size) in fields.items()
+            if re.fullmatch(r"\w+", f)}
+
+
+def _try(cand: Candidate, root: str, have_kprobes: bool) -> Tuple[Optional[Dict[str, int]], str]:
+    """The defines this candidate needs, or None and why it cannot be used."""
+    defines: Dict[str, int] = {}
+    if cand.backend == "tracepoint":
+        for event, _fn, required in cand.attach:
+            fields = tracepoint_fields(event, root)
+            if fields is None:
+                return None, f"no tracepoint {event}"
+            missing = [f for f in required if f not in fields]
+            if missing:
+                return None, f"tracepoint {event} lacks field(s) {', '.join(missing)}"
+            defines.update(_tp_defines(event, fields))
+    elif cand.backend in ("kprobe", "kretprobe"):
+        if not have_kprobes:
+            return None, "kernel without kprobes"
+        for func, _fn, _ in cand.attach:
+            if not kernel_function_exists(func):
+                return None, f"no kernel function {func}"
+    if cand.define:
+        defines[cand.define] = 1
+    return defines, ""
+
+
+def plan(disabled: Sequence[str] = (), root: Optional[str] = None,
+         force: Optional[Dict[str, str]] = None) -> Plan:
+    """Choose a backend per evidence. `force` maps evidence -> backend (tests, --print-bpf)."""
+    root = root or tracefs()
+    have_kprobes = kprobes_available()
+    backends: Dict[str, str] = {}
+    chosen: Dict[str, Candidate] = {}
+    defines: Dict[str, int] = {}
+    notes: List[str] = []
+    for ev in EVIDENCE:
+        if ev.name in disabled:
+            backends[ev.name] = "unavailable"
+            continue
+        why = []
+        for cand in ev.candidates:
+            if force and ev.name in force and force[ev.name] != cand.backend:
+                continue
+            if cand.needs and backends.get(cand.needs, "unavailable") == "unavailable":
+                why.append(f"{cand.backend}: needs {cand.needs}")
+                continue
+            got, reason = _try(cand, root, have_kprobes)
+            if got is None and force and ev.name in force and cand.backend != "tracepoint":
+                got = {cand.define: 1} if cand.define else {}  # forced: compile it anyway
+            if got is None:
+                why.append(f"{cand.backend}: {reason}")
+                continue
+            backends[ev.name] = cand.backend
+            chosen[ev.name] = cand
+            defines.update(got)
+            if why:
+                notes.append(f"{ev.name}: {cand.backend} ({'; '.join(why)})")
+            break
+        else:
+            backends[ev.name] = "unavailable"
+            notes.append(f"{ev.name}: unavailable ({'; '.join(why) or 'disabled'})")
+    return Plan(backends=backends, chosen=chosen, defines=defines, notes=notes)

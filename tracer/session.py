@@ -1,0 +1,455 @@
+"""The tracer: compile and attach the BPF probes, consume their records, write the tables.
+
+    tracer = Tracer(TracerConfig(ports=[9999], netns_inum=ns.inum), run_dir)
+    tracer.start()           # returns once every probe is attached: start the workload now
+    tracer.start_thread()    # background consumer: output buffer -> events/connections.parquet
+    ...
+    stats = tracer.stop()    # drain, histograms.parquet, flush, detach (idempotent)
+
+Filtering and aggregation happen in the kernel (tracer/bpf/common.h): user space receives only
+evidence (retransmits, resets, drops, connect-error streaks, long waits, slow connections) and
+reads log2 histograms of everything else. Every record that does not fit the output buffer is
+counted in the kernel and reported as `TracerStats.lost_events`.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import dataclasses
+import os
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from spiketrace.errors import SpikeTraceError
+from tracer import btf, events, probes
+
+BPF_DIR = Path(__file__).parent / "bpf"
+SOURCES = ("tcp.c", "syscalls.c", "sched.c")
+KPROBE_SOURCE = "kprobes.c"
+POLL_INTERVAL_S = 0.05     # consumer period (records are sent without wakeups)
+FLUSH_INTERVAL_S = 5.0     # tables reach disk at least this often
+HIST_INTERVAL_S = 30.0     # histogram snapshots
+DOCTOR = "run `spiketrace doctor` to see what this machine is missing"
+
+
+@dataclasses.dataclass
+class TracerConfig:
+    ports: List[int] = dataclasses.field(default_factory=list)
+    pids: List[int] = dataclasses.field(default_factory=list)
+    cgroup: Optional[str] = None
+    netns_inum: int = 0
+    slow_conn_ms: float = 50.0
+    runq_threshold_ms: float = 5.0
+    accept_wait_threshold_ms: float = 5.0
+    all_events: bool = False
+    ringbuf_pages: int = 1024
+
+
+@dataclasses.dataclass
+class TracerStats:
+    events: int
+    lost_events: int
+    connections_counted: int
+    connections_sent: int
+
+
+def preflight() -> None:
+    """Raise one clear SpikeTraceError if this machine cannot run the tracer at all."""
+    if os.geteuid() != 0:
+        raise SpikeTraceError(f"tracing needs root (BPF): run it with sudo; {DOCTOR}", exit_code=77)
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        raise SpikeTraceError(
+            "the bcc Python module is missing (install python3-bpfcc / python3-bcc with "
+            f"scripts/install.sh; it does not come from PyPI); {DOCTOR}")
+    probes.tracefs()
+
+
+def output_backend() -> str:
+    """`ringbuf` (Linux 5.8+) unless SPIKETRACE_OUTPUT=perf or the kernel lacks it."""
+    forced = os.environ.get("SPIKETRACE_OUTPUT", "")
+    if forced in ("ringbuf", "perf"):
+        return forced
+    release = os.uname().release.split("-")[0].split(".")
+    try:
+        major, minor = int(release[0]), int(release[1])
+    except (IndexError, ValueError):
+        return "ringbuf"
+    return "ringbuf" if (major, minor) >= (5, 8) else "perf"
+
+
+def _pages(n: int) -> int:
+    """Ring buffer pages: a power of two, at least 1."""
+    p = 1
+    while p < max(1, int(n)):
+        p *= 2
+    return p
+
+
+def render_source(config: TracerConfig, *, force: Optional[Dict[str, str]] = None,
+                  output: Optional[str] = None,
+                  plan: Optional[probes.Plan] = None) -> Tuple[str, List[str]]:
+    """The BPF program text and the clang flags that configure it (`trace --print-bpf`).
+
+    `force` picks a backend per evidence (e.g. {"state_change": "kprobe"}); kprobe variants are
+    compiled in even where they cannot attach, so the verifier can check them.
+    """
+    plan = plan or probes.plan(force=force)
+    kernel = btf.vmlinux()
+    defines: Dict[str, int] = dict(btf.tracer_offsets(kernel))
+    defines.update(plan.defines)
+    defines["NETNS_INUM"] = int(config.netns_inum)
+    if config.ports:
+        defines["HAVE_PORTS"] = 1
+    if config.pids:
+        defines["FILTER_PIDS"] = 1
+    if config.cgroup:
+        defines["FILTER_CGROUP"] = 1
+    if config.all_events:
+        defines["ALL_EVENTS"] = 1
+    defines["SLOW_CONN_NS"] = int(config.slow_conn_ms * 1e6)
+    defines["RUNQ_THRESHOLD_NS"] = int(config.runq_threshold_ms * 1e6)
+    defines["ACCEPT_THRESHOLD_NS"] = int(config.accept_wait_threshold_ms * 1e6)
+    consumed = [v for v, n in kernel.enum("skb_drop_reason").items() if n == "SKB_CONSUMED"]
+    defines["SKB_CONSUMED_REASON"] = consumed[0] if consumed else 1
+    if (output or output_backend()) == "ringbuf":
+        defines["USE_RINGBUF"] = 1
+        defines["RINGBUF_PAGES"] = _pages(config.ringbuf_pages)
+    files = list(SOURCES)
+    if any(c.backend in ("kprobe", "kretprobe") for c in plan.chosen.values()):
+        files.append(KPROBE_SOURCE)
+    seen: set = set()
+    text = "".join(_expand(name, seen) for name in files)
+    cflags = [f"-D{k}={v}" for k, v in sorted(defines.items())]
+    return text, cflags
+
+
+_LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.M)
+
+
+def _expand(name: str, seen: set) -> str:
+    """The file with its local `#include "x.h"` inlined once each. BCC rewrites map calls
+    (`table.lookup()`) only in the main file, so the shared header must be part of it."""
+    if name in seen:
+        return ""
+    seen.add(name)
+    body = _LOCAL_INCLUDE.sub(lambda m: _expand(m.group(1), seen), (BPF_DIR / name).read_text())
+    return f'#line 1 "{name}"\n{body}\n'
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[List[str]]:
+    """Collect what libbcc/clang print on fd 2 (compiler errors, verifier logs)."""
+    box: List[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield box
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            box.append(tmp.read().decode("utf-8", "replace"))
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    kept = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def compile_bpf(text: str, cflags: Sequence[str]):
+    """bcc.BPF(text, cflags) with compiler errors turned into a SpikeTraceError."""
+    from bcc import BPF
+
+    with captured_stderr() as err:
+        try:
+            return BPF(text=text, cflags=list(cflags))
+        except Exception as exc:
+            failure = exc
+    raise SpikeTraceError(f"BPF compile failed ({failure}):\n{_tail(err[0])}")
+
+
+def load_probe(bpf, fn: str, prog_type: int, what: str):
+    """Load one BPF function (verifier pass) or raise naming the probe with the verifier text."""
+    with captured_stderr() as err:
+        try:
+            return bpf.load_func(fn, prog_type)
+        except Exception as exc:
+            failure = exc
+    raise SpikeTraceError(f"BPF verifier rejected probe {fn} ({what}): {failure}\n{_tail(err[0])}")
+
+
+class Tracer:
+    """Kernel evidence of TCP latency spikes for one run (see module docstring)."""
+
+    def __init__(self, config: TracerConfig, run_dir: Optional[Path],
+                 on_event: Optional[Callable[[dict], None]] = None):
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.on_event = on_event
+        self.probes: Dict[str, str] = {}
+        self.notes: List[str] = []
+        self.output = output_backend()
+        self.lost_by_kind: Dict[str, int] = {}
+        self.drop_reasons: Dict[int, str] = {}
+        self.reset_reasons: Dict[int, str] = {}
+        self._bpf = None
+        self._plan: Optional[probes.Plan] = None
+        self._writers: Dict[str, object] = {}
+        self._ev_raw: List[bytes] = []
+        self._conn_raw: List[bytes] = []
+        self._events = 0
+        self._perf_lost = 0
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._stats: Optional[TracerStats] = None
+        self._last_flush = self._last_hist = 0.0
+
+    # ---- start ----
+    def start(self) -> None:
+        """Compile, load and attach every probe; return once all are attached."""
+        preflight()
+        from bcc import BPF
+
+        self._plan = probes.plan()
+        self.probes = dict(self._plan.backends)
+        self.notes = list(self._plan.notes)
+        kernel = btf.vmlinux()
+        self.drop_reasons = btf.drop_reason_names(kernel)
+        self.reset_reasons = btf.reset_reason_names(kernel)
+        text, cflags = render_source(self.config, output=self.output, plan=self._plan)
+        self._bpf = compile_bpf(text, cflags)
+        try:
+            self._fill_config_maps()
+            for evidence, backend, target, fn in self._plan.attachments():
+                self._attach(evidence, backend, target, fn)
+            self._open_output()
+        except BaseException:
+            self._bpf.cleanup()
+            self._bpf = None
+            raise
+        if self.run_dir is not None:
+            from spiketrace.rundir import TableWriter
+
+            for table in ("events", "connections", "histograms"):
+                self._writers[table] = TableWriter(self.run_dir, table, prefix="tracer")
+        self._last_flush = self._last_hist = time.monotonic()
+
+    def _attach(self, evidence: str, backend: str, target: str, fn: str) -> None:
+        from bcc import BPF
+
+        what = f"{evidence} via {backend} {target}"
+        prog_type = BPF.TRACEPOINT if backend == "tracepoint" else BPF.KPROBE
+        load_probe(self._bpf, fn, prog_type, what)
+        try:
+            if backend == "tracepoint":
+                self._bpf.attach_tracepoint(tp=target, fn_name=fn)
+            elif backend == "kprobe":
+                self._bpf.attach_kprobe(event=target, fn_name=fn)
+            else:
+                self._bpf.attach_kretprobe(event=target, fn_name=fn)
+        except Exception as exc:
+            raise SpikeTraceError(f"could not attach probe {fn} ({what}): {exc}")
+
+    def _fill_config_maps(self) -> None:
+        ports = self._bpf["ports"]
+        for p in self.config.ports:
+            if not 0 < int(p) < 65536:
+                raise SpikeTraceError(f"port {p} is not a TCP port (1-65535)")
+            ports[ct.c_uint16(int(p))] = ct.c_uint8(1)
+        self.add_pids(self.config.pids)
+        if self.config.cgroup:
+            path = _cgroup_path(self.config.cgroup)
+            self._bpf["cgroup_filter"][0] = path
+
+    def add_pids(self, pids: Sequence[int]) -> None:
+        """Trace these processes too: run-queue delay of their threads, their syscalls."""
+        if self._bpf is None:
+            self.config.pids = list(self.config.pids) + [p for p in pids if p not in self.config.pids]
+            return
+        table = self._bpf["pids"]
+        for pid in pids:
+            table[ct.c_uint32(int(pid))] = ct.c_uint8(1)  # PID_USER
+
+    def _open_output(self) -> None:
+        if self.output == "ringbuf":
+            self._bpf["events"].open_ring_buffer(self._on_ring_record)
+        else:
+            self._bpf["events"].open_perf_buffer(
+                self._on_perf_record, page_cnt=_pages(self.config.ringbuf_pages),
+                lost_cb=self._on_perf_lost)
+
+    # ---- consumption ----
+    def _on_ring_record(self, _ctx, data, size) -> int:
+        self._store(ct.string_at(data, size), size)
+        return 0
+
+    def _on_perf_record(self, _cpu, data, size) -> None:
+        self._store(ct.string_at(data, size), size)
+
+    def _on_perf_lost(self, lost) -> None:
+        self._perf_lost += lost
+
+    def _store(self, raw: bytes, size: int) -> None:
+        # perf pads records to 8 bytes + 4: tell them apart by size, then trim
+        if size >= events.CONN_SIZE:
+            self._conn_raw.append(raw[:events.CONN_SIZE])
+        else:
+            self._ev_raw.append(raw[:events.EVENT_SIZE])
+
+    def poll(self) -> int:
+        """Read what the kernel sent, decode and write it; returns the events decoded."""
+        with self._lock:
+            if self._bpf is None:
+                return 0
+            if self.output == "ringbuf":
+                self._bpf.ring_buffer_consume()
+            else:
+                self._bpf.perf_buffer_poll(timeout=0)
+            n = self._decode()
+            now = time.monotonic()
+            if now - self._last_flush >= FLUSH_INTERVAL_S:
+                self._last_flush = now
+                for w in self._writers.values():
+                    w.flush()
+            if now - self._last_hist >= HIST_INTERVAL_S:
+                self._last_hist = now
+                self._write_histograms()
+            return n
+
+    def _decode(self) -> int:
+        n = 0
+        if self._ev_raw:
+            raw, self._ev_raw = b"".join(self._ev_raw), []
+            n = self._deliver_events(events.decode_events(raw))
+        if self._conn_raw:
+            raw, self._conn_raw = b"".join(self._conn_raw), []
+            cols = events.decode_conns(raw)
+            if "connections" in self._writers:
+                self._writers["connections"].append_columns(cols)
+        return n
+
+    def _deliver_events(self, cols: Dict[str, list]) -> int:
+        n = len(cols["t_ns"])
+        self._events += n
+        if "events" in self._writers:
+            self._writers["events"].append_columns(cols)
+        if self.on_event is not None:
+            for row in events.rows(cols):
+                self.on_event(row)
+        return n
+
+    def start_thread(self) -> None:
+        """Consume in a background thread until stop()."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="spiketrace-tracer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self.poll()
+            self._stopping.wait(POLL_INTERVAL_S)
+
+    # ---- kernel-side aggregates ----
+    def counters(self) -> List[int]:
+        """The per-CPU `counters` array summed over CPUs (slots CTR_* of spiketrace.h)."""
+        table = self._bpf["counters"]
+        return [int(sum(table[ct.c_int(i)])) for i in range(events.CTR_MAX)]
+
+    def histograms(self) -> Dict[str, Dict[int, int]]:
+        """name -> {log2 bucket: count} since start (cumulative)."""
+        table = self._bpf["hists"]
+        out: Dict[str, Dict[int, int]] = {}
+        for h, name in enumerate(events.HIST_NAMES):
+            buckets = {}
+            for b in range(events.HIST_BUCKETS):
+                c = int(sum(table[ct.c_int(h * events.HIST_BUCKETS + b)]))
+                if c:
+                    buckets[b] = c
+            out[name] = buckets
+        return out
+
+    def _write_histograms(self) -> None:
+        w = self._writers.get("histograms")
+        if w is None:
+            return
+        t = time.monotonic_ns()
+        for name, buckets in self.histograms().items():
+            for b, c in sorted(buckets.items()):
+                w.append({"t_ns": t, "name": name, "log2_bucket": b, "count": c})
+
+    def _flush_streaks(self) -> None:
+        """Connect-error streaks still running at stop are sent as events too."""
+        streaks = []
+        for key, s in self._bpf["streaks"].items():
+            ev = events.Event()
+            ev.t_ns, ev.kind, ev.netns, ev.pid = s.last_ns, 7, s.netns, s.tgid
+            ev.reason, ev.value, ev.value2 = s.err, s.count, s.start_ns
+            ev.family, ev.dport = s.family, s.dport
+            ct.memmove(ev.daddr, bytes(s.daddr), 16)
+            ev.comm = bytes(s.comm).split(b"\0")[0]
+            streaks.append(bytes(ev))
+        if streaks:
+            self._deliver_events(events.decode_events(b"".join(streaks)))
+
+    # ---- stop ----
+    def stop(self) -> TracerStats:
+        """Drain, write histograms, flush the tables, detach everything. Idempotent."""
+        if self._stats is not None:
+            return self._stats
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._bpf is None:
+            self._stats = TracerStats(0, 0, 0, 0)
+            return self._stats
+        try:
+            self.poll()
+            self._flush_streaks()
+            ctr = self.counters()
+            self.lost_by_kind = {name: ctr[events.CTR_LOST_BASE + k]
+                                 for k, name in events.KIND_NAMES.items()
+                                 if ctr[events.CTR_LOST_BASE + k]}
+            if ctr[events.CTR_CONN_LOST]:
+                self.lost_by_kind["connection"] = ctr[events.CTR_CONN_LOST]
+            self._write_histograms()
+            self._stats = TracerStats(
+                events=self._events,
+                lost_events=sum(self.lost_by_kind.values()),
+                connections_counted=ctr[events.CTR_CONN_COUNTED],
+                connections_sent=ctr[events.CTR_CONN_SENT])
+        finally:
+            for w in self._writers.values():
+                w.flush()
+            self._bpf.cleanup()
+            self._bpf = None
+        return self._stats
+
+    def __enter__(self) -> "Tracer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _cgroup_path(cgroup: str) -> str:
+    """An absolute cgroup v2 directory for `cgroup` (absolute, or relative to the v2 mount)."""
+    if os.path.isabs(cgroup) and os.path.isdir(cgroup):
+        return cgroup
+    with open("/proc/mounts") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                path = os.path.join(parts[1], cgroup.lstrip("/"))
+                if os.path.isdir(path):
+                    return path
+    raise SpikeTraceError(f"no cgroup v2 directory '{cgroup}' (give a path under the cgroup2 mount)")
