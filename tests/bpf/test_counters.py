@@ -73,6 +73,11 @@ def test_listen_overflow_and_queue_depth(ns, tmp_path):
     try:
         srv, clients = run_in_netns(ns, make_sockets)
         time.sleep(1.3)  # long enough for the 1 s SYN retransmits to overflow again
+        # `ss -lnt` shows a listener's queue as Recv-Q and its backlog as Send-Q
+        ss = subprocess.run(["ip", "netns", "exec", ns, "ss", "-ltnH", f"sport = :{PORT}"],
+                            capture_output=True, text=True, check=True).stdout.split()
+        assert (sampler.latest[f"listen.{PORT}.queue"], sampler.latest[f"listen.{PORT}.backlog"]) \
+            == (int(ss[1]), int(ss[2]))
     finally:
         if srv is not None:
             srv.close()
