@@ -32,6 +32,16 @@ def write_ground_truth(run_dir: os.PathLike, rows: List[Dict[str, Any]]) -> Path
     return Path(run_dir) / "ground_truth.parquet"
 
 
+def read_transactions(run_dir: os.PathLike, columns: List[str]):
+    """The run's transactions table (those columns), or None if the clients wrote none."""
+    from spiketrace.rundir import RunDir, RunMeta
+
+    run = RunDir(path=Path(run_dir), meta=RunMeta())
+    if not run.has("transactions"):
+        return None
+    return run.table("transactions", columns=columns)
+
+
 class Injection:
     """What `Scenario.setup` installed. Call `add_pids` with the bench processes once they
     exist, and `teardown()` in a `finally` after the load is over: it removes everything that

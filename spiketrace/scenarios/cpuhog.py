@@ -20,7 +20,7 @@ from typing import List
 
 from spiketrace import netns as _netns
 from spiketrace.errors import SpikeTraceError
-from spiketrace.scenarios.base import Injection, gt_row
+from spiketrace.scenarios.base import Injection, gt_row, read_transactions
 
 
 def pin_process(pid: int, cpus) -> None:
@@ -120,14 +120,28 @@ class CpuContention(Injection):
                 pin_process(pid, {self.cpu})
 
     def collect(self):
+        """One row per transaction in progress during a burst (its threads, pinned to the
+        hogged CPU, had to wait for the burst's end); without a transactions table, one row
+        per burst with sport 0."""
         self._stop_hogs()
-        rows = []
+        bursts = []
         for proc, log, _ in self.hogs:
             policy, windows = read_windows(log)
             self.params.setdefault("hog_policy", policy)
-            for start, end in windows:
-                rows.append(gt_row(start, "runq_delay",
-                                   f"cpu={self.cpu} hog_pid={proc.pid} end_ns={end} policy={policy}"))
+            bursts += [(start, end, proc.pid, policy) for start, end in windows]
+        self.params["bursts"] = len(bursts)
+        tx = read_transactions(self.run_dir, ["t_start", "t_end", "local_addr", "local_port",
+                                              "remote_addr", "remote_port"])
+        rows = []
+        for start, end, pid, policy in sorted(bursts):
+            detail = f"cpu={self.cpu} hog_pid={pid} burst_ns={start}-{end} policy={policy}"
+            if tx is None:
+                rows.append(gt_row(start, "runq_delay", detail))
+                continue
+            hit = tx[(tx["t_start"] < end) & ((tx["t_end"] == 0) | (tx["t_end"] > start))]
+            rows += [gt_row(max(int(r.t_start), start), "runq_delay", detail, r.local_addr or "",
+                            int(r.local_port or 0), r.remote_addr or "", int(r.remote_port or 0))
+                     for r in hit.itertuples(index=False)]
         if self.params.get("hog_policy") not in (None, "SCHED_FIFO"):
             self.notes.append(f"cpu-contention: hogs ran as {self.params.get('hog_policy')}, "
                               "not SCHED_FIFO: run-queue delays will be shorter")

@@ -53,7 +53,7 @@ class SockOpsRto:
         try:
             self.bpf = BPF(src_file=str(src).encode(),
                            cflags=[f"-DRTO_JIFFIES={self.jiffies}", f"-DPORT={int(self.port)}"])
-            self.fn = self.bpf.load_func("legacy_rto", BPF.SOCK_OPS)
+            self.fn = self.bpf.load_func(b"legacy_rto", BPF.SOCK_OPS)
         except Exception as exc:
             raise SpikeTraceError(f"sock_ops program {src.name} failed to load: {exc}")
         _netns.track("cgroups", str(self.path))
@@ -82,8 +82,8 @@ class SockOpsRto:
 
     def stats(self):
         if self.bpf is not None:
-            self._stats = {"timeout_init": int(self.bpf["stats"][0].value),
-                           "applied": int(self.bpf["stats"][1].value)}
+            self._stats = {"timeout_init": int(self.bpf[b"stats"][0].value),
+                           "applied": int(self.bpf[b"stats"][1].value)}
         return dict(self._stats)
 
     def detach(self) -> None:

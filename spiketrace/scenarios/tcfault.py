@@ -88,7 +88,7 @@ class TcFault:
         src = bpf_source("syn_drop.c")
         try:
             self.bpf = BPF(src_file=str(src).encode(), cflags=self.cflags())
-            fn = self.bpf.load_func("classify", BPF.SCHED_CLS)
+            fn = self.bpf.load_func(b"classify", BPF.SCHED_CLS)
         except Exception as exc:
             raise SpikeTraceError(f"tc classifier {src.name} ({self.mode}) failed to load: {exc}")
         _netns.track("tc", self._tc_item)
@@ -107,11 +107,11 @@ class TcFault:
     def _read(self) -> None:
         if self.bpf is None:
             return
-        self._stats = {name: int(self.bpf["stats"][i].value) for i, name in enumerate(STATS)}
+        self._stats = {name: int(self.bpf[b"stats"][i].value) for i, name in enumerate(STATS)}
         self._records = sorted((
             FaultRecord(KINDS.get(v.kind, str(v.kind)), _ip(k.saddr), k.sport, _ip(k.daddr),
                         k.dport, k.seq, v.t_first, v.t_last, v.copies)
-            for k, v in self.bpf["records"].items()), key=lambda r: r.t_first)
+            for k, v in self.bpf[b"records"].items()), key=lambda r: r.t_first)
 
     def records(self) -> List[FaultRecord]:
         self._read()
