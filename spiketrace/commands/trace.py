@@ -214,12 +214,19 @@ def _rows(run_path: Path, table: str) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in target.glob("*.parquet"))
 
 
-def _live_stats(tracer) -> Optional[Any]:
-    stats = getattr(tracer, "stats", None)
+def _live_stats(tracer, events_seen: int) -> Optional[Any]:
+    """TracerStats so far, from the kernel's counters (the tracer reports them only at stop)."""
     try:
-        return stats() if callable(stats) else stats
-    except Exception:
+        from tracer import events as ev
+        from tracer.session import TracerStats
+
+        ctr = tracer.counters()
+    except Exception:  # not started, or already stopped
         return None
+    lost = sum(ctr[ev.CTR_LOST_BASE + k] for k in ev.KIND_NAMES) + ctr[ev.CTR_CONN_LOST]
+    return TracerStats(events=events_seen, lost_events=lost,
+                       connections_counted=ctr[ev.CTR_CONN_COUNTED],
+                       connections_sent=ctr[ev.CTR_CONN_SENT])
 
 
 def _netns_ref(opts: TraceOptions):
@@ -286,11 +293,13 @@ class Daemon:
             with self.console.status("compiling and attaching BPF probes"):
                 tracer = Tracer(config, run_path, on_event=self.feed)
                 tracer.start()  # returns once every probe is attached: the ready signal
-            meta.probes = dict(getattr(tracer, "probes", {}) or {})
+            meta.probes = dict(tracer.probes)
+            meta.probes["listen_overflow"] = "sampled"  # the counter sampler below
+            meta.notes.extend(f"probe {note}" for note in getattr(tracer, "notes", []))
             ns_ref = _netns_ref(opts)
             meta.sysctls = read_tcp_sysctls(ns_ref)
             sampler = CounterSampler(run_path, ns_ref, opts.ports,
-                                     flush_interval_s=min(opts.flush_interval_s, 30.0))
+                                     flush_interval_s=opts.flush_interval_s)
             sampler.start()
             tracer.start_thread()
             rundir.write_meta(run_path, meta)
@@ -305,6 +314,8 @@ class Daemon:
                                       f"(first: {sampler.first_error})")
             if tracer is not None:
                 stats = tracer.stop()  # drain, flush, detach: before anything else can fail
+                for kind, n in getattr(tracer, "lost_by_kind", {}).items():
+                    meta.counts[f"lost_{kind}"] = int(n)
             if self.stop_reason:
                 meta.notes.append(f"stopped by {self.stop_reason}")
             self._finish(meta, status, stats)
@@ -373,7 +384,7 @@ class Daemon:
             self.feed.not_shown = 0
 
     def _summary(self, tracer, sampler) -> None:
-        stats = _live_stats(tracer)
+        stats = _live_stats(tracer, self.feed.seen)
         elapsed = time.monotonic() - self.started
         parts = [f"{elapsed:,.0f} s", f"events {self.feed.seen:,}"]
         if stats is not None:
@@ -392,10 +403,8 @@ class Daemon:
         shows the counts so far."""
         from spiketrace import rundir
 
-        flush = getattr(tracer, "flush", None)
-        if callable(flush):
-            flush()
-        stats = _live_stats(tracer)
+        # the tracer flushes its own tables every few seconds from its consumer thread
+        stats = _live_stats(tracer, self.feed.seen)
         if stats is not None:
             self.meta.counts["lost_events"] = int(getattr(stats, "lost_events", 0))
             self.meta.counts["connections_counted"] = int(getattr(stats, "connections_counted", 0))
@@ -429,18 +438,11 @@ def _bcc_version() -> str:
 
 def print_bpf_source(opts: TraceOptions) -> None:
     """--print-bpf: the final BPF source and compiler flags, without loading anything."""
-    from tracer import session
+    from tracer.session import render_source
 
-    config = build_config(opts)
-    render = getattr(session, "render_bpf", None) or getattr(session.Tracer, "render_bpf", None)
-    if render is None:
-        raise SpikeTraceError("this tracer build cannot print its BPF source")
-    text = render(config)
-    if isinstance(text, tuple):
-        source, flags = text
-        click.echo(f"// cflags: {' '.join(flags)}")
-        text = source
-    click.echo(text)
+    source, cflags = render_source(build_config(opts))
+    click.echo("// cflags: " + " ".join(cflags))
+    click.echo(source)
 
 
 @click.command(name="trace")
@@ -466,7 +468,9 @@ def print_bpf_source(opts: TraceOptions) -> None:
 @click.option("--summary-interval", "summary_interval_s", type=click.FloatRange(min=1),
               default=10.0, show_default=True, help="Seconds between summary lines.")
 @click.option("--flush-interval", "flush_interval_s", type=click.FloatRange(min=1), default=30.0,
-              show_default=True, help="Seconds between flushes of the run directory to disk.")
+              show_default=True,
+              help="Seconds between flushes of the counters and meta.json (the tracer's own "
+                   "tables reach disk every 5 s).")
 @click.option("--print-bpf", is_flag=True, hidden=True,
               help="Print the final BPF source and flags, then exit.")
 def command(print_bpf, **kwargs):
