@@ -61,6 +61,17 @@ SCHEMAS: Dict[str, pa.Schema] = {
         ("t_ns", _i64), ("kind", _str), ("saddr", _str), ("sport", _i32),
         ("daddr", _str), ("dport", _i32), ("detail", _str),
     ]),
+    # analysis output: one row per slow transaction (docs/reports.md)
+    "explanations": pa.schema([
+        ("txn_id", _i64), ("worker", _i32), ("pid", _i32), ("local_port", _i32),
+        ("t_start", _i64), ("latency_ns", _i64), ("outcome", _str),
+        ("cause", _str), ("cause_detail", _str), ("causes", _str),
+        ("syn_retransmit_ns", _i64), ("synack_retransmit_ns", _i64), ("data_retransmit_ns", _i64),
+        ("port_exhaustion_ns", _i64), ("reset_ns", _i64), ("runq_delay_ns", _i64),
+        ("accept_queue_wait_ns", _i64), ("delayed_ack_ns", _i64),
+        ("explained_ns", _i64), ("rest_ns", _i64), ("inferred", pa.bool_()),
+        ("sentence", _str), ("evidence_events", pa.list_(_i64)), ("server_conn", _i64),
+    ]),
 }
 
 TABLE_NAMES = tuple(SCHEMAS)
@@ -330,10 +341,40 @@ class RunDir:
                 empty = empty.select(columns)
             return empty.to_pandas()
         files = [target] if target.is_file() else sorted(target.glob("*.parquet"))
-        parts = []
-        for f in files:
-            try:
-                parts.append(pq.read_table(f, columns=columns, schema=schema))
-            except Exception as exc:  # pyarrow raises several types for a damaged file
-                raise SpikeTraceError(f"{f}: unreadable or truncated Parquet file ({exc})")
-        return pa.concat_tables(parts).to_pandas() if len(parts) > 1 else parts[0].to_pandas()
+        parts = [self._read_part(f, schema, columns) for f in files]
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        return table.to_pandas()
+
+    def _read_part(self, f: Path, schema: Optional[pa.Schema], columns: Optional[List[str]]) -> pa.Table:
+        """One part file in the documented schema: columns an older writer lacked are added
+        (0 or empty, with a warning), nulls of rows appended without a field become 0 / "".
+        A damaged file raises one line naming it."""
+        try:
+            have = pq.read_schema(f)
+            wanted = columns or (schema.names if schema is not None else have.names)
+            present = [c for c in wanted if c in have.names]
+            table = pq.read_table(f, columns=present)
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise SpikeTraceError(f"{f}: unreadable or truncated Parquet file ({exc})")
+        if schema is None:
+            return table
+        arrays = []
+        for name in wanted:
+            field = schema.field(name) if name in schema.names else table.schema.field(name)
+            if name in table.column_names:
+                col = table.column(name)
+                try:
+                    col = col.cast(field.type) if col.type != field.type else col
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise SpikeTraceError(f"{f}: column {name} is {col.type}, expected {field.type} ({exc})")
+            else:
+                note = f"{f}: no column {name} (written by an older spiketrace?); using defaults"
+                if note not in self.warnings:
+                    self.warnings.append(note)
+                col = pa.nulls(table.num_rows, type=field.type)
+            if col.null_count and (pa.types.is_integer(field.type) or pa.types.is_string(field.type)
+                                   or pa.types.is_boolean(field.type)):
+                default = "" if pa.types.is_string(field.type) else (False if pa.types.is_boolean(field.type) else 0)
+                col = col.fill_null(pa.scalar(default, type=field.type))
+            arrays.append(col)
+        return pa.table(arrays, names=list(wanted))
