@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import os
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -275,8 +276,9 @@ class Daemon:
 
         opts = self.opts
         config = build_config(opts)
-        run_path = rundir.create_run_dir(opts.out or rundir.default_run_dir(opts.runs_dir, "trace"),
-                                         force=opts.force)
+        target = Path(opts.out or rundir.default_run_dir(opts.runs_dir, "trace"))
+        fresh = not (target.exists() and any(target.iterdir()))
+        run_path = rundir.create_run_dir(target, force=opts.force)
         self.run_path = run_path
         meta = rundir.new_meta("trace", scenario="trace")
         meta.bcc_version = _bcc_version()
@@ -289,6 +291,7 @@ class Daemon:
         tracer = sampler = None
         stats = None
         status = "failed"
+        ready = False
         try:
             with self.console.status("compiling and attaching BPF probes"):
                 tracer = Tracer(config, run_path, on_event=self.feed)
@@ -303,9 +306,22 @@ class Daemon:
             sampler.start()
             tracer.start_thread()
             rundir.write_meta(run_path, meta)
+            ready = True
+            self.started = time.monotonic()  # --duration counts from the ready signal
             self._announce(meta)
             self._loop(tracer, sampler)
             status = "complete"
+        except BaseException as exc:
+            if not ready:
+                if fresh:  # nothing was recorded: leave no half-made directory behind
+                    self._discard(tracer, sampler, run_path)
+                    tracer = sampler = None
+                raise
+            if not isinstance(exc, KeyboardInterrupt):
+                raise
+            # a second Ctrl-C while stopping: skip the rest of the drain, still detach and flush
+            status = "interrupted"
+            self.stop_reason = self.stop_reason or "SIGINT"
         finally:
             if sampler is not None:
                 meta.counts["counter_samples"] = sampler.stop()
@@ -316,10 +332,19 @@ class Daemon:
                 stats = tracer.stop()  # drain, flush, detach: before anything else can fail
                 for kind, n in getattr(tracer, "lost_by_kind", {}).items():
                     meta.counts[f"lost_{kind}"] = int(n)
-            if self.stop_reason:
-                meta.notes.append(f"stopped by {self.stop_reason}")
-            self._finish(meta, status, stats)
+            if self.run_path is not None:
+                if self.stop_reason:
+                    meta.notes.append(f"stopped by {self.stop_reason}")
+                self._finish(meta, status, stats)
         return run_path
+
+    def _discard(self, tracer, sampler, run_path: Path) -> None:
+        if sampler is not None:
+            sampler.stop()
+        if tracer is not None:
+            tracer.stop()
+        shutil.rmtree(run_path, ignore_errors=True)
+        self.run_path = None
 
     def _announce(self, meta) -> None:
         o = self.opts
@@ -525,3 +550,5 @@ def command(print_bpf, **kwargs):
                   f"lost events: {meta.lost_events:,}")
     click.echo(f"Wrote {run_path}")
     click.echo(f"Next: spiketrace report {run_path}")
+    if meta.status != "complete":
+        raise SystemExit(130)

@@ -197,7 +197,8 @@ def test_trace_duration_records_a_complete_run(ns, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_leaves_a_complete_run_and_no_bpf_programs(ns, tmp_path, sig):
     out = tmp_path / "run"
-    daemon = Daemon(["--port", str(PORT), "--netns", ns, "--out", str(out)])
+    daemon = Daemon(["--port", str(PORT), "--netns", ns, "--out", str(out),
+                     "--flush-interval", "1"])
     try:
         daemon.wait_ready()
         pid = daemon.proc.pid
@@ -206,6 +207,11 @@ def test_signal_leaves_a_complete_run_and_no_bpf_programs(ns, tmp_path, sig):
         assert ours, "the tracer holds no BPF program?"
         assert attached and {a["prog_id"] for a in attached} <= ours
         overflow_workload(ns, hold_s=1.2, clients=3)
+        time.sleep(1.2)
+        # flushed on a timer while running: a reader sees the counters and the counts so far
+        mid = RunDir.open(out)
+        assert mid.meta.status == "running" and "events" in mid.meta.counts
+        assert len(mid.table("counters")) > 0
         daemon.proc.send_signal(sig)
         rc, stdout, stderr = daemon.finish()
     finally:
