@@ -115,8 +115,9 @@ def render_source(config: TracerConfig, *, force: Optional[Dict[str, str]] = Non
     defines["SLOW_CONN_NS"] = int(config.slow_conn_ms * 1e6)
     defines["RUNQ_THRESHOLD_NS"] = int(config.runq_threshold_ms * 1e6)
     defines["ACCEPT_THRESHOLD_NS"] = int(config.accept_wait_threshold_ms * 1e6)
-    consumed = [v for v, n in kernel.enum("skb_drop_reason").items() if n == "SKB_CONSUMED"]
-    defines["SKB_CONSUMED_REASON"] = consumed[0] if consumed else 1
+    reasons = {n: v for v, n in kernel.enum("skb_drop_reason").items()}
+    defines["SKB_CONSUMED_REASON"] = reasons.get("SKB_CONSUMED", 1)
+    defines["DROP_REASON_QUEUE_PURGE"] = reasons.get("SKB_DROP_REASON_QUEUE_PURGE", -1)
     if (output or output_backend()) == "ringbuf":
         defines["USE_RINGBUF"] = 1
         defines["RINGBUF_PAGES"] = _pages(config.ringbuf_pages)
@@ -169,7 +170,7 @@ def compile_bpf(text: str, cflags: Sequence[str]):
 
     with captured_stderr() as err:
         try:
-            return BPF(text=text, cflags=list(cflags))
+            return BPF(text=text.encode(), cflags=list(cflags))
         except Exception as exc:
             failure = exc
     raise SpikeTraceError(f"BPF compile failed ({failure}):\n{_tail(err[0])}")
@@ -179,7 +180,7 @@ def load_probe(bpf, fn: str, prog_type: int, what: str):
     """Load one BPF function (verifier pass) or raise naming the probe with the verifier text."""
     with captured_stderr() as err:
         try:
-            return bpf.load_func(fn, prog_type)
+            return bpf.load_func(fn.encode(), prog_type)
         except Exception as exc:
             failure = exc
     raise SpikeTraceError(f"BPF verifier rejected probe {fn} ({what}): {failure}\n{_tail(err[0])}")
@@ -250,16 +251,16 @@ class Tracer:
         load_probe(self._bpf, fn, prog_type, what)
         try:
             if backend == "tracepoint":
-                self._bpf.attach_tracepoint(tp=target, fn_name=fn)
+                self._bpf.attach_tracepoint(tp=target.encode(), fn_name=fn.encode())
             elif backend == "kprobe":
-                self._bpf.attach_kprobe(event=target, fn_name=fn)
+                self._bpf.attach_kprobe(event=target.encode(), fn_name=fn.encode())
             else:
-                self._bpf.attach_kretprobe(event=target, fn_name=fn)
+                self._bpf.attach_kretprobe(event=target.encode(), fn_name=fn.encode())
         except Exception as exc:
             raise SpikeTraceError(f"could not attach probe {fn} ({what}): {exc}")
 
     def _fill_config_maps(self) -> None:
-        ports = self._bpf["ports"]
+        ports = self._bpf[b"ports"]
         for p in self.config.ports:
             if not 0 < int(p) < 65536:
                 raise SpikeTraceError(f"port {p} is not a TCP port (1-65535)")
@@ -267,22 +268,22 @@ class Tracer:
         self.add_pids(self.config.pids)
         if self.config.cgroup:
             path = _cgroup_path(self.config.cgroup)
-            self._bpf["cgroup_filter"][0] = path
+            self._bpf[b"cgroup_filter"][0] = path
 
     def add_pids(self, pids: Sequence[int]) -> None:
         """Trace these processes too: run-queue delay of their threads, their syscalls."""
         if self._bpf is None:
             self.config.pids = list(self.config.pids) + [p for p in pids if p not in self.config.pids]
             return
-        table = self._bpf["pids"]
+        table = self._bpf[b"pids"]
         for pid in pids:
             table[ct.c_uint32(int(pid))] = ct.c_uint8(1)  # PID_USER
 
     def _open_output(self) -> None:
         if self.output == "ringbuf":
-            self._bpf["events"].open_ring_buffer(self._on_ring_record)
+            self._bpf[b"events"].open_ring_buffer(self._on_ring_record)
         else:
-            self._bpf["events"].open_perf_buffer(
+            self._bpf[b"events"].open_perf_buffer(
                 self._on_perf_record, page_cnt=_pages(self.config.ringbuf_pages),
                 lost_cb=self._on_perf_lost)
 
@@ -361,12 +362,12 @@ class Tracer:
     # ---- kernel-side aggregates ----
     def counters(self) -> List[int]:
         """The per-CPU `counters` array summed over CPUs (slots CTR_* of spiketrace.h)."""
-        table = self._bpf["counters"]
+        table = self._bpf[b"counters"]
         return [int(sum(table[ct.c_int(i)])) for i in range(events.CTR_MAX)]
 
     def histograms(self) -> Dict[str, Dict[int, int]]:
         """name -> {log2 bucket: count} since start (cumulative)."""
-        table = self._bpf["hists"]
+        table = self._bpf[b"hists"]
         out: Dict[str, Dict[int, int]] = {}
         for h, name in enumerate(events.HIST_NAMES):
             buckets = {}
@@ -389,7 +390,7 @@ class Tracer:
     def _flush_streaks(self) -> None:
         """Connect-error streaks still running at stop are sent as events too."""
         streaks = []
-        for key, s in self._bpf["streaks"].items():
+        for key, s in self._bpf[b"streaks"].items():
             ev = events.Event()
             ev.t_ns, ev.kind, ev.netns, ev.pid = s.last_ns, 7, s.netns, s.tgid
             ev.reason, ev.value, ev.value2 = s.err, s.count, s.start_ns
@@ -453,3 +454,7 @@ def _cgroup_path(cgroup: str) -> str:
                 if os.path.isdir(path):
                     return path
     raise SpikeTraceError(f"no cgroup v2 directory '{cgroup}' (give a path under the cgroup2 mount)")
+
+
+# `spiketrace trace --print-bpf` looks the renderer up under this name
+render_bpf = render_source

@@ -59,6 +59,9 @@
 #ifndef RB_FLAGS
 #define RB_FLAGS 1     /* BPF_RB_NO_WAKEUP: the consumer polls on a short timer */
 #endif
+#ifndef DROP_REASON_QUEUE_PURGE
+#define DROP_REASON_QUEUE_PURGE -1
+#endif
 #ifndef SKB_CONSUMED_REASON
 #define SKB_CONSUMED_REASON 1
 #endif
@@ -256,8 +259,23 @@ static __always_inline void fill_event(struct st_event *ev, u8 kind, u32 netns,
 		__builtin_memcpy(ev->saddr, t->saddr, 16);
 		__builtin_memcpy(ev->daddr, t->daddr, 16);
 	}
+}
+
+/* Process-context events (syscalls): the current task. */
+static __always_inline void set_current(struct st_event *ev)
+{
 	ev->pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+}
+
+/* Socket events often run in softirq or timer context, where the current task is whoever was
+ * interrupted: name the socket's owner (the connecting or accepting process) or nobody. */
+static __always_inline void set_owner(struct st_event *ev, const struct st_conn *c)
+{
+	if (c && c->pid) {
+		ev->pid = c->pid;
+		__builtin_memcpy(ev->comm, c->comm, 16);
+	}
 }
 
 /* ---- connection tracking: one st_conn per socket, from its first state to CLOSE ---- */
@@ -291,9 +309,50 @@ static __always_inline void emit_time_wait(void *ctx, struct st_conn *c, u32 net
 		return;
 #endif
 	fill_event(&ev, KIND_TIME_WAIT, netns, t);
+	set_owner(&ev, c);
 	ev.state = state;
 	ev.new_state = ST_TCP_TIME_WAIT;
 	submit_event(ctx, &ev);
+}
+
+/* The first state change seen of a socket: a new entry in `conns`. */
+static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u32 netns,
+						 const struct st_tuple *t, u64 now)
+{
+	u64 key = (u64)sk;
+	struct st_conn zero;
+
+	__builtin_memset(&zero, 0, sizeof(zero));
+	zero.netns = netns;
+	zero.sport = t->sport;
+	zero.dport = t->dport;
+	zero.family = t->family;
+	__builtin_memcpy(zero.saddr, t->saddr, 16);
+	__builtin_memcpy(zero.daddr, t->daddr, 16);
+	if (newstate == ST_TCP_SYN_SENT) {
+		/* connect() runs in the connecting task's context */
+		zero.role = ROLE_CLIENT;
+		zero.t_open = now;
+		zero.pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(zero.comm, sizeof(zero.comm));
+#if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
+		if (!task_in_scope(zero.pid))
+			return NULL;
+#endif
+	} else if (newstate == ST_TCP_SYN_RECV) {
+		/* a child socket, created when the handshake's final ACK arrived (softirq: the
+		 * owner is learned at accept()) */
+		zero.role = ROLE_SERVER;
+		zero.t_open = now;
+	} else {
+		zero.flags = CONN_PARTIAL;
+	}
+#if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
+	if (zero.role != ROLE_CLIENT)
+		return NULL;
+#endif
+	conns.update(&key, &zero);
+	return conns.lookup(&key);
 }
 
 static __always_inline int handle_state(void *ctx, const void *sk, int oldstate, int newstate,
@@ -308,54 +367,21 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 	if (!sock_in_scope(sk, t->sport, t->dport, &netns))
 		return 0;
 	now = bpf_ktime_get_ns();
+	c = conns.lookup(&key);
+	if (!c && newstate != ST_TCP_CLOSE)
+		c = conn_open(sk, newstate, netns, t, now);
 #ifdef ALL_EVENTS
 	{
 		struct st_event ev;
 		fill_event(&ev, KIND_STATE_CHANGE, netns, t);
+		set_owner(&ev, c);
 		ev.state = oldstate;
 		ev.new_state = newstate;
 		submit_event(ctx, &ev);
 	}
 #endif
-	c = conns.lookup(&key);
-	if (!c) {
-		struct st_conn zero;
-		u64 id = bpf_get_current_pid_tgid();
-		if (newstate == ST_TCP_CLOSE)
-			return 0; /* closed before we ever saw it open */
-		__builtin_memset(&zero, 0, sizeof(zero));
-		zero.netns = netns;
-		zero.sport = t->sport;
-		zero.dport = t->dport;
-		zero.family = t->family;
-		__builtin_memcpy(zero.saddr, t->saddr, 16);
-		__builtin_memcpy(zero.daddr, t->daddr, 16);
-		if (newstate == ST_TCP_SYN_SENT) {
-			/* connect() runs in the connecting task's context */
-			zero.role = ROLE_CLIENT;
-			zero.t_open = now;
-			zero.pid = id >> 32;
-			bpf_get_current_comm(zero.comm, sizeof(zero.comm));
-#if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
-			if (!task_in_scope(zero.pid))
-				return 0;
-#endif
-		} else if (newstate == ST_TCP_SYN_RECV) {
-			/* a child socket, created when the handshake's final ACK arrived (softirq:
-			 * the current task is whoever sent it, so pid is learned at accept()) */
-			zero.role = ROLE_SERVER;
-			zero.t_open = now;
-		} else {
-			zero.flags = CONN_PARTIAL;
-		}
-#if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
-		if (zero.role != ROLE_CLIENT)
-			return 0;
-#endif
-		zero.state = newstate;
-		conns.update(&key, &zero);
+	if (!c)
 		return 0;
-	}
 	c->state = newstate;
 	if (t->sport && !c->sport) {
 		/* connect() picks the local port after CLOSE -> SYN_SENT */
@@ -408,6 +434,7 @@ static __always_inline int handle_retransmit(void *ctx, const void *sk, int stat
 			ev.value = ++c->retrans;
 		c->flags |= CONN_RETRANS;
 	}
+	set_owner(&ev, c);
 	submit_event(ctx, &ev);
 	return 0;
 }
@@ -433,15 +460,17 @@ static __always_inline int handle_reset(void *ctx, u8 kind, const void *sk, u32 
 					int state, int reason, const struct st_tuple *t)
 {
 	struct st_event ev;
+	struct st_conn *c = NULL;
 	if (sk) {
 		u64 key = (u64)sk;
-		struct st_conn *c = conns.lookup(&key);
+		c = conns.lookup(&key);
 		if (c) {
 			c->resets++;
 			c->flags |= CONN_RESET;
 		}
 	}
 	fill_event(&ev, kind, netns, t);
+	set_owner(&ev, c);
 	ev.state = state;
 	ev.reason = reason;
 	submit_event(ctx, &ev);
@@ -473,6 +502,7 @@ static __always_inline int handle_accepted(void *ctx, const void *sk)
 		t.dport = c->dport;
 		t.family = c->family;
 		fill_event(&ev, KIND_ACCEPT_WAIT, c->netns, &t);
+		set_current(&ev);
 		ev.state = c->state;
 		ev.value = now - c->t_established;
 		ev.value2 = c->t_established;

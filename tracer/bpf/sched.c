@@ -74,7 +74,7 @@ int tp_sched_switch(void *ctx)
 		if (d > RUNQ_THRESHOLD_NS) {
 			struct st_event ev;
 			fill_event(&ev, KIND_RUNQ_DELAY, 0, NULL);
-			ev.pid = next;
+			ev.pid = next; /* the delayed thread, not the current one */
 			bpf_probe_read_kernel(ev.comm, 16, (char *)ctx + TPO_sched_switch_next_comm);
 			ev.value = d;
 			ev.value2 = bpf_get_smp_processor_id();

@@ -151,8 +151,8 @@ int tp_kfree_skb(void *ctx)
 
 #ifdef TPO_kfree_skb_reason
 	reason = TP_FIELD(ctx, u32, TPO_kfree_skb_reason);
-	if (reason <= SKB_CONSUMED_REASON)
-		return 0;
+	if (reason <= SKB_CONSUMED_REASON || reason == DROP_REASON_QUEUE_PURGE)
+		return 0; /* not a drop, or unread data discarded at close: not a lost packet */
 #endif
 	if (proto != 0x0800 && proto != 0x86DD)
 		return 0;
@@ -191,6 +191,10 @@ int tp_kfree_skb(void *ctx)
 	if (!netns_in_scope(netns))
 		return 0;
 	fill_event(&ev, KIND_DROP, netns, &t);
+	if (sk) {
+		u64 key = (u64)sk;
+		set_owner(&ev, conns.lookup(&key));
+	}
 	ev.reason = reason;
 	ev.value = (s64)TP_FIELD(ctx, u64, TPO_kfree_skb_location);
 	if (sk)
