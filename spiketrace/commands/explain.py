@@ -1,10 +1,64 @@
-"""`spiketrace explain` (not implemented yet)."""
+"""`spiketrace explain`: the full timeline of one transaction (no root, no BPF)."""
+from __future__ import annotations
+
+from pathlib import Path
+
 import click
 
-from spiketrace.errors import SpikeTraceError
+from spiketrace.commands.report import analysis_options, make_options
+
+COLUMNS = ("client", "server", "kernel", "counter")
 
 
 @click.command(name="explain")
-def command():
-    """Not implemented yet."""
-    raise SpikeTraceError("`spiketrace explain` is not implemented yet")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("txn_id", type=int)
+@analysis_options
+def command(run_dir: Path, txn_id: int, threshold: str, relative: str, percentile):
+    """Show the timeline of transaction TXN_ID of RUN_DIR: the client's and the server's phases
+    and the kernel events and counter changes joined to it, side by side in milliseconds from
+    its start, then its explanation.
+
+    \b
+    Examples:
+      spiketrace explain runs/20261126T140000Z-seed 4711
+      spiketrace report runs/X --format terminal   # find the slow ones first
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from analysis.context import fmt_ns
+    from analysis.timeline import explain_transaction
+    from spiketrace.rundir import RunDir
+
+    run = RunDir.open(run_dir)
+    console = Console()
+    with Console(stderr=True).status(f"Joining the evidence of transaction {txn_id} ..."):
+        tl = explain_transaction(run, txn_id, make_options(threshold, relative, percentile))
+    t = tl.txn
+    console.print(f"[bold]Transaction {t['id']}[/] of {escape(str(run.path))}: {fmt_ns(t['latency_ns'])}, "
+                  f"outcome {escape(str(t['outcome']))}, client {escape(str(t['local_addr']))}:{t['local_port']} "
+                  f"-> {escape(str(t['remote_addr']))}:{t['remote_port']}, pid {t['pid']}, worker {t['worker']}")
+    table = Table(header_style="bold", show_lines=False)
+    table.add_column("+ms", justify="right")
+    for col in COLUMNS:
+        table.add_column(col)
+    for row in tl.rows:
+        cells = ["" for _ in COLUMNS]
+        cells[COLUMNS.index(row["column"])] = escape(row["text"])
+        table.add_row(f"{row['t_rel_ns'] / 1e6:.3f}", *cells)
+    console.print(table)
+    e = tl.explanation
+    if e is not None:
+        label = "Why it was slow" if tl.slow else "Not a spike under these thresholds; its delays"
+        cause = e["cause"] + (f" ({e['cause_detail']})" if e["cause_detail"] else "")
+        console.print(f"[bold]{label}:[/] {escape(cause)}")
+        console.print(escape(str(e["sentence"])))
+        shares = [(c[:-3], e[c]) for c in e if c.endswith("_ns") and c not in
+                  ("latency_ns", "explained_ns", "rest_ns") and e[c] > 0]
+        if shares:
+            console.print("Shares: " + ", ".join(f"{n} {fmt_ns(v)}" for n, v in sorted(shares, key=lambda x: -x[1]))
+                          + f", rest {fmt_ns(e['rest_ns'])}")
+    for w in tl.warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}")

@@ -1,0 +1,191 @@
+"""Causes that delay an established connection: data retransmits, waiting in the accept queue,
+run-queue delay of the client or server thread, and the Nagle / delayed-ACK stall."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis import facts
+from analysis.context import Context, fmt_ns, fmt_rel
+from analysis.join import pid_overlaps
+
+_EXCHANGE = np.array(["set-up", "the first exchange", "the second exchange", "the close"], dtype=object)
+
+
+def detect_data_retransmit(ctx: Context) -> None:
+    """A lost data segment: retransmitted by a tail loss probe or by the retransmission timer.
+    FACT rto-min: an RTO never fires earlier than TCP_RTO_MIN (200 ms) after the send, so an
+    earlier first retransmit is a tail loss probe."""
+    ev = ctx.spike_events(["retransmit"])
+    ev = ev[~ev["state"].isin(facts.HANDSHAKE_STATES) & (ev["side"] != "")]
+    if len(ev) == 0:
+        return
+    ti_ev = ev["ti"].to_numpy()
+    phase, start = ctx.phase_start(ti_ev, ev["t_ns"].to_numpy())
+    ev = ev.assign(phase=phase, phase_start=start)
+    g = ev.sort_values("t_ns", kind="stable").groupby(["ti", "phase"], sort=True)
+    first = g.first()
+    ti = first.index.get_level_values("ti").to_numpy(dtype=np.int64)
+    ph = first.index.get_level_values("phase").to_numpy()
+    t_first = first["t_ns"].to_numpy()
+    t_last = g["t_ns"].max().to_numpy()
+    n = g.size().to_numpy()
+    a = first["phase_start"].to_numpy()
+    side = first["side"].to_numpy()
+    gap = t_first - a
+    tlp = gap < facts.TCP_RTO_MIN_MS * 1e6
+    detail = np.where(tlp, "tlp", "rto")
+    drops = _drop_reasons(ctx, ev)
+    t_start = ctx.col("t_start")[ti]
+    sentences, shorts = [], []
+    for k in range(len(ti)):
+        what = "request" if side[k] == "client" else "reply"
+        who = "client" if side[k] == "client" else "server"
+        lost = f"was dropped (drop reason {drops[(ti[k], ph[k])]})" if (ti[k], ph[k]) in drops else "was lost"
+        how = ("by a tail loss probe" if tlp[k] else
+               "when the retransmission timer fired (RTO, at least 200 ms)")
+        times = f" ({n[k]} retransmits, the last at {fmt_rel(t_last[k] - t_start[k])})" if n[k] > 1 else ""
+        sentences.append(f"A data segment of the {who}'s {what} in {_EXCHANGE[ph[k]]} {lost}; the {who} "
+                         f"retransmitted it {how} {fmt_ns(gap[k])} after sending it{times}.")
+        shorts.append(f"a data retransmit ({detail[k].upper()}) cost {fmt_ns(t_last[k] - a[k])}")
+    ctx.cands.add(ti, "data_retransmit", detail, a, t_last, sentences, shorts)
+    ctx.cands.cite(ev["ti"].to_numpy(), "data_retransmit", ev["ev_row"].to_numpy())
+
+
+def _drop_reasons(ctx: Context, retrans: pd.DataFrame) -> dict:
+    drops = ctx.spike_events(["drop"])
+    if len(drops) == 0:
+        return {}
+    drops = drops[drops["ti"].isin(retrans["ti"])]
+    phase, _ = ctx.phase_start(drops["ti"].to_numpy(), drops["t_ns"].to_numpy())
+    names = facts.drop_reason_names(ctx.meta)
+    ctx.cands.cite(drops["ti"].to_numpy(), "data_retransmit", drops["ev_row"].to_numpy())
+    return {(int(t), int(p)): names.get(int(r), str(int(r)))
+            for t, p, r in zip(drops["ti"].to_numpy(), phase, drops["reason"].to_numpy())}
+
+
+def detect_accept_queue_wait(ctx: Context) -> None:
+    """The connection was ESTABLISHED (it sat complete in the accept queue) but the server had
+    not accept()ed it yet: from `accept_wait` events, else from the server's accept time minus
+    the handshake's completion (server ESTABLISHED event, else the client's connect time)."""
+    ev = ctx.spike_events(["accept_wait"])
+    ti_e = ev["ti"].to_numpy(dtype=np.int64)
+    b_e = ev["t_ns"].to_numpy()
+    a_e = b_e - np.maximum(ev["value"].to_numpy(), 0)
+    ti = ctx.spikes[ctx.txn_srv[ctx.spikes] >= 0]
+    ti = ti[~np.isin(ti, ti_e)]
+    srv = ctx.frames.server
+    t_accept = srv["t_accept"].to_numpy()[ctx.txn_srv[ti]]
+    est = ctx.col("t_connected")[ti]
+    st = ctx.spike_events(["state_change"], side="server")
+    st = st[(st["new_state"] == facts.ESTABLISHED) & st["ti"].isin(ti)]
+    if len(st):
+        first = st.groupby("ti")["t_ns"].min()
+        known = np.isin(ti, first.index.to_numpy())
+        est = est.copy()
+        est[known] = first.reindex(ti[known]).to_numpy()
+    ok = (t_accept > 0) & (est > 0) & (t_accept > est)
+    ti_s, a_s, b_s = ti[ok], est[ok], t_accept[ok]
+    ti_all = np.r_[ti_e, ti_s].astype(np.int64)
+    a, b = np.r_[a_e, a_s].astype(np.int64), np.r_[b_e, b_s].astype(np.int64)
+    if len(ti_all) == 0:
+        return
+    port = ctx.col("remote_port")[ti_all]
+    backlog = ctx.backlog(port, a)
+    queue = ctx.queue_max(port, a, b)
+    sentences, shorts = [], []
+    for k in range(len(ti_all)):
+        bl = f" (backlog {backlog[k]})" if backlog[k] >= 0 else ""
+        depth = f", up to {queue[k]} connection(s) queued" if queue[k] > 0 else ""
+        sentences.append(f"The connection waited {fmt_ns(b[k] - a[k])} complete in the accept queue{bl} "
+                         f"before the server accepted it (the server was busy with earlier connections{depth}).")
+        shorts.append(f"it waited {fmt_ns(b[k] - a[k])} in the accept queue")
+    source = np.r_[np.full(len(ti_e), "event", dtype=object), np.full(len(ti_s), "server_record", dtype=object)]
+    ctx.cands.add(ti_all, "accept_queue_wait", source, a, b, sentences, shorts)
+    ctx.cands.cite(ti_e, "accept_queue_wait", ev["ev_row"].to_numpy())
+
+
+def detect_runq_delay(ctx: Context) -> None:
+    """The client or server thread was runnable but not running (CPU contention) while the
+    transaction waited on it: run-queue delay events joined by thread and overlapping time."""
+    ev = ctx.frames.events
+    mask = (ev["kind"] == "runq_delay").to_numpy()
+    if not mask.any():
+        return
+    rq = ev[mask]
+    e_b = rq["t_ns"].to_numpy()
+    e_a = e_b - np.maximum(rq["value"].to_numpy(), 0)
+    ti = ctx.spikes
+    t_start, end = ctx.col("t_start"), ctx.col("end")
+    tgt_ti = [ti]
+    tgt_pid = [ctx.col("pid")[ti]]
+    side = [np.full(len(ti), "client", dtype=object)]
+    srv = ctx.frames.server
+    has_srv = ctx.txn_srv[ti] >= 0
+    if has_srv.any():
+        tgt_ti.append(ti[has_srv])
+        tgt_pid.append(srv["pid"].to_numpy()[ctx.txn_srv[ti[has_srv]]])
+        side.append(np.full(int(has_srv.sum()), "server", dtype=object))
+    other = facts.find_param(getattr(ctx.meta, "params", {}), "server_pid")
+    server_pids = np.unique(np.r_[srv["pid"].to_numpy(), [int(other)] if other else []]).astype(np.int64)
+    server_pids = server_pids[server_pids > 0]
+    for pid in server_pids:  # transactions without a server record: any server thread
+        lacking = ti[~has_srv]
+        tgt_ti.append(lacking)
+        tgt_pid.append(np.full(len(lacking), pid, dtype=np.int64))
+        side.append(np.full(len(lacking), "server", dtype=object))
+    tgt_ti = np.concatenate(tgt_ti)
+    tgt_pid = np.concatenate(tgt_pid).astype(np.int64)
+    side = np.concatenate(side)
+    i, j = pid_overlaps(tgt_pid, t_start[tgt_ti], end[tgt_ti], rq["pid"].to_numpy(), e_a, e_b)
+    if len(i) == 0:
+        return
+    tx = tgt_ti[i]
+    a = np.maximum(e_a[j], t_start[tx])
+    b = np.minimum(e_b[j], end[tx])
+    sd = side[i]
+    comm = rq["comm"].astype(str).to_numpy()[j]
+    pid = rq["pid"].to_numpy()[j]
+    sentences = [f"The {s} thread ({c}, pid {p}) waited {fmt_ns(e_b[jj] - e_a[jj])} runnable but not "
+                 f"running (another task had the CPU) at {fmt_rel(bb - t_start[t])}."
+                 for s, c, p, jj, bb, t in zip(sd, comm, pid, j, b, tx)]
+    shorts = [f"the {s} thread waited {fmt_ns(bb - aa)} for a CPU" for s, aa, bb in zip(sd, a, b)]
+    ctx.cands.add(tx, "runq_delay", sd, a, b, sentences, shorts)
+    ctx.cands.cite(tx, "runq_delay", rq["ev_row"].to_numpy()[j])
+
+
+def detect_delayed_ack(ctx: Context) -> None:
+    """FACT delack: a request written in two parts stalls when Nagle's algorithm holds the second
+    part until the first is ACKed and the receiver delays that ACK (at least 40 ms). No event
+    records it; it shows as an exchange ~40-200 ms slower than usual with no retransmit in it.
+    Only when the client may split writes with Nagle on (params split_writes / nodelay)."""
+    params = getattr(ctx.meta, "params", {})
+    if facts.find_param(params, "split_writes") is False or facts.find_param(params, "nodelay") is True:
+        return
+    ti = ctx.spikes
+    txn = ctx.frames.txn
+    ok = txn["outcome"].to_numpy() == "ok"
+    retrans = ctx.spike_events(["retransmit"])
+    r_phase, _ = ctx.phase_start(retrans["ti"].to_numpy(), retrans["t_ns"].to_numpy())
+    stalled = set(zip(retrans["ti"].to_numpy().tolist(), r_phase.tolist()))
+    lo = (facts.DELACK_MIN_MS - 8) * 1e6
+    hi = (facts.DELACK_MAX_MS + 20) * 1e6
+    for phase, (c0, c1) in enumerate((("t_connected", "t_reply1"), ("t_reply1", "t_reply2")), start=1):
+        start, stop = txn[c0].to_numpy(), txn[c1].to_numpy()
+        reached = (start > 0) & (stop >= start)
+        base = float(np.median((stop - start)[reached & ok])) if (reached & ok).any() else 0.0
+        dur = (stop - start)[ti]
+        excess = dur - base
+        cand = reached[ti] & (excess >= lo) & (excess <= hi)
+        cand &= np.array([(t, phase) not in stalled for t in ti.tolist()], dtype=bool) if stalled else True
+        sel = ti[cand]
+        if len(sel) == 0:
+            continue
+        ex = excess[cand].astype(np.int64)
+        b = stop[sel]
+        which = "first" if phase == 1 else "second"
+        sentences = [f"The {which} request was written in two parts: Nagle's algorithm held the second part "
+                     f"until the server's delayed ACK (at least 40 ms) acknowledged the first, a {fmt_ns(e)} "
+                     f"stall before the {which} reply (no retransmit; inferred from timing)." for e in ex]
+        shorts = [f"a Nagle/delayed-ACK stall of {fmt_ns(e)}" for e in ex]
+        ctx.cands.add(sel, "delayed_ack", f"exchange{phase}", b - ex, b, sentences, shorts, inferred=True)

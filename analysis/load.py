@@ -1,0 +1,208 @@
+"""Read a run directory into flat numpy arrays the join and the causes work on.
+
+Everything here is vectorised: a million transactions and a million events load in about a
+second. Connections are keyed by an int64 built from the *client-oriented* 4-tuple (client
+address, client port, server address, server port), so an event seen from the server side
+(sport = the server port) and one seen from the client side land on the same key.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+
+from spiketrace.errors import SpikeTraceError
+
+PHASES = ("t_start", "t_connected", "t_reply1", "t_reply2", "t_end")
+
+
+@dataclasses.dataclass
+class Counters:
+    """counters.parquet as step functions: name -> (sorted t_ns, value)."""
+
+    series: Dict[str, Tuple[np.ndarray, np.ndarray]]
+
+    def names(self) -> List[str]:
+        return sorted(self.series)
+
+    def at(self, name: str, t: np.ndarray) -> Optional[np.ndarray]:
+        """The value of a cumulative counter at each time (the last sample at or before it; the
+        first sample before the first)."""
+        if name not in self.series:
+            return None
+        ts, vs = self.series[name]
+        idx = np.searchsorted(ts, np.asarray(t, dtype=np.int64), side="right") - 1
+        return vs[np.clip(idx, 0, len(vs) - 1)]
+
+    def growth(self, name: str, a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
+        """How much a cumulative counter grew between a and b."""
+        va, vb = self.at(name, a), self.at(name, b)
+        return None if va is None else np.maximum(vb - va, 0)
+
+    def window_max(self, name: str, a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
+        """The largest value of a gauge (stored on change) during each window [a, b]."""
+        if name not in self.series:
+            return None
+        ts, vs = self.series[name]
+        a = np.asarray(a, dtype=np.int64)
+        b = np.asarray(b, dtype=np.int64)
+        start = np.clip(np.searchsorted(ts, a, side="right") - 1, 0, len(ts) - 1)
+        stop = np.maximum(np.searchsorted(ts, b, side="right"), start + 1)
+        if len(a) == 0:
+            return np.zeros(0, dtype=np.int64)
+        # max over [start, stop) for every window in one reduceat (pad so stop may equal len)
+        padded = np.append(vs, vs[-1])
+        return np.maximum.reduceat(padded, np.ravel(np.column_stack([start, stop])))[0::2]
+
+
+@dataclasses.dataclass
+class Frames:
+    """The run's tables as arrays. `txn` columns are aligned with the transactions table;
+    events keep their row number in events.parquet (`ev_row`), which is what evidence cites."""
+
+    txn: pd.DataFrame  # transactions + end, latency_ns, key, skey
+    events: pd.DataFrame  # events + ev_row, key, side ("client"/"server"/"")
+    server: pd.DataFrame  # server rows + srv_row, skey
+    counters: Counters
+    ground_truth: pd.DataFrame
+    server_ports: np.ndarray
+    source: str = "transactions"  # or "connections" for trace runs without a bench
+
+
+def _codes(values, lookup: Dict[str, int]) -> np.ndarray:
+    """Integer codes of address strings through one shared dictionary (factorize each column,
+    then map its few uniques), normalising IPv4-mapped IPv6 (`::ffff:1.2.3.4`)."""
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object).fillna(""), sort=False)
+    mapped = np.empty(len(uniques) + 1, dtype=np.int64)
+    for i, u in enumerate(uniques):
+        u = str(u)
+        if u.startswith("::ffff:") and "." in u:
+            u = u[7:]
+        mapped[i] = lookup.setdefault(u, len(lookup))
+    mapped[-1] = lookup.setdefault("", len(lookup))  # code -1 (missing)
+    return mapped[codes]
+
+
+def conn_key(client_addr: np.ndarray, client_port, server_addr: np.ndarray, server_port,
+             n_addr: int) -> np.ndarray:
+    """One int64 per client-oriented 4-tuple (addresses as codes < n_addr)."""
+    pair = client_addr.astype(np.int64) * max(n_addr, 1) + server_addr.astype(np.int64)
+    if n_addr * n_addr >= 2 ** 31:
+        pair = pd.factorize(pair)[0].astype(np.int64)
+    ports = (np.asarray(client_port, dtype=np.int64) & 0xFFFF) << 16 | (np.asarray(server_port, dtype=np.int64) & 0xFFFF)
+    return pair << 32 | ports
+
+
+def _int(df: pd.DataFrame, col: str) -> np.ndarray:
+    if col not in df:
+        return np.zeros(len(df), dtype=np.int64)
+    return pd.to_numeric(df[col], errors="coerce").fillna(0).to_numpy(dtype=np.int64)
+
+
+def transactions_from_connections(conns: pd.DataFrame) -> pd.DataFrame:
+    """Trace runs have no bench records: client connections seen by the kernel stand in for
+    transactions (open -> close), so the same analysis explains a real application's connects."""
+    if conns.empty:
+        return conns
+    client = conns[conns["role"].astype(str) == "client"]
+    if client.empty:  # server-side only: each accepted connection, seen from its peer
+        client = conns.rename(columns={"saddr": "daddr", "sport": "dport", "daddr": "saddr", "dport": "sport"})
+    t_open = _int(client, "t_open")
+    out = pd.DataFrame({
+        "id": np.arange(len(client), dtype=np.int64), "worker": 0,
+        "pid": _int(client, "pid").astype(np.int32),
+        "local_addr": client["saddr"].astype(str).to_numpy(), "local_port": _int(client, "sport"),
+        "remote_addr": client["daddr"].astype(str).to_numpy(), "remote_port": _int(client, "dport"),
+        "t_start": t_open, "t_connected": _int(client, "t_established"),
+        "t_reply1": _int(client, "t_first_data"), "t_reply2": 0, "t_end": _int(client, "t_close"),
+        "connect_attempts": 1, "last_errno": 0,
+        "outcome": np.where(_int(client, "resets") > 0, "reset", "ok"),
+    })
+    return out
+
+
+def load(run, need_events: bool = True) -> Frames:
+    """The run's tables as `Frames`; raises SpikeTraceError if there is nothing to analyse."""
+    txn = run.table("transactions")
+    source = "transactions"
+    if txn.empty and run.has("connections"):
+        txn = transactions_from_connections(run.table("connections"))
+        source = "connections"
+        run.warnings[:] = [w for w in run.warnings if not w.startswith("missing transactions")]
+        run.warnings.append("no transactions.parquet (not a bench run): explaining the kernel's "
+                            "connections.parquet instead (open to close)")
+    if txn.empty:
+        raise SpikeTraceError(f"{run.path / 'transactions.parquet'}: missing or empty; nothing to analyse")
+    txn = txn.reset_index(drop=True)
+    for col in PHASES:
+        txn[col] = _int(txn, col)
+    phases = txn[list(PHASES)].to_numpy()
+    last = phases.max(axis=1)
+    end = np.where(txn["t_end"].to_numpy() > 0, txn["t_end"].to_numpy(), last)
+    txn["end"] = np.maximum(end, txn["t_start"].to_numpy())
+    txn["latency_ns"] = txn["end"].to_numpy() - txn["t_start"].to_numpy()
+    for col in ("local_port", "remote_port", "pid", "connect_attempts", "last_errno"):
+        txn[col] = _int(txn, col)
+
+    events = run.table("events") if need_events else run.table("events").iloc[0:0]
+    events = events.reset_index(drop=True)
+    events["ev_row"] = np.arange(len(events), dtype=np.int64)
+    for col in ("t_ns", "pid", "sport", "dport", "state", "new_state", "reason", "value", "value2"):
+        events[col] = _int(events, col)
+
+    server = run.table("server").reset_index(drop=True) if run.has("server") else run.table("server")
+    server["srv_row"] = np.arange(len(server), dtype=np.int64)
+    for col in ("peer_port", "local_port", "pid", "t_accept", "t_request1", "t_reply1",
+                "t_request2", "t_reply2", "t_eof", "t_close", "conn_id"):
+        server[col] = _int(server, col)
+
+    lookup: Dict[str, int] = {}
+    t_caddr = _codes(txn["local_addr"].to_numpy(), lookup)
+    t_saddr = _codes(txn["remote_addr"].to_numpy(), lookup)
+    e_saddr = _codes(events["saddr"].to_numpy(), lookup)
+    e_daddr = _codes(events["daddr"].to_numpy(), lookup)
+    s_paddr = _codes(server["peer_addr"].to_numpy(), lookup)
+    n_addr = len(lookup)
+
+    server_ports = np.unique(txn["remote_port"].to_numpy())
+    server_ports = server_ports[server_ports > 0]
+    txn["key"] = conn_key(t_caddr, txn["local_port"], t_saddr, txn["remote_port"], n_addr)
+    # the server-row key ignores the server address (server.parquet does not record it)
+    txn["skey"] = conn_key(t_caddr, txn["local_port"], np.zeros(len(txn)), txn["remote_port"], n_addr)
+
+    sport, dport = events["sport"].to_numpy(), events["dport"].to_numpy()
+    is_server = np.isin(sport, server_ports) & ~np.isin(dport, server_ports)
+    is_client = np.isin(dport, server_ports) & ~is_server
+    # no client port (a connect() error streak records only the destination): join by thread
+    no_port = np.where(is_server, dport, sport) == 0
+    is_server &= ~no_port
+    is_client &= ~no_port
+    events["key"] = np.where(
+        is_server, conn_key(e_daddr, dport, e_saddr, sport, n_addr),
+        np.where(is_client, conn_key(e_saddr, sport, e_daddr, dport, n_addr), -1))
+    events["side"] = np.where(is_server, "server", np.where(is_client, "client", ""))
+
+    server["skey"] = conn_key(s_paddr, server["peer_port"], np.zeros(len(server)),
+                              server["local_port"], n_addr)
+
+    counters = _counters(run.table("counters") if run.has("counters") else None)
+    truth = run.table("ground_truth") if run.has("ground_truth") else None
+    return Frames(txn=txn, events=events, server=server, counters=counters,
+                  ground_truth=truth if truth is not None else pd.DataFrame(), server_ports=server_ports,
+                  source=source)
+
+
+def _counters(df: Optional[pd.DataFrame]) -> Counters:
+    if df is None or df.empty:
+        return Counters({})
+    df = df.sort_values(["name", "t_ns"], kind="stable")
+    names = df["name"].astype(str).to_numpy()
+    t = _int(df, "t_ns")
+    v = _int(df, "value")
+    series = {}
+    bounds = np.flatnonzero(names[1:] != names[:-1]) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(names)]):
+        series[str(names[lo])] = (t[lo:hi], v[lo:hi])
+    return Counters(series)

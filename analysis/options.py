@@ -1,0 +1,75 @@
+"""Analysis options and the parsers for the user's spellings of them (`100ms`, `10x`, `p99.9`)."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Optional, Sequence
+
+from spiketrace.errors import SpikeTraceError
+
+_UNITS_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0, "": 1.0}
+
+
+@dataclasses.dataclass
+class AnalysisOptions:
+    """What counts as a spike and how evidence is joined.
+
+    A transaction is a spike when its latency passes *every* enabled test: at least
+    `threshold_ms` (0 disables), more than `relative` x the median (0 disables), and above the
+    `percentile` (None disables). The absolute floor keeps a 2 ms blip on a 0.2 ms loopback
+    median from counting; the relative test keeps a 120 ms transaction on a 100 ms WAN median
+    from counting.
+    """
+
+    threshold_ms: float = 100.0
+    relative: float = 10.0  # x median latency; 0 disables
+    percentile: Optional[float] = None  # e.g. 99.9; None disables
+    match_slack_ms: float = 1.0  # an event may fall this far outside [t_start, t_end]
+    min_cause_ms: float = 5.0  # a cause must account for at least this much latency
+    min_explained: float = 0.5  # causes must cover this share of the excess over the median
+    only_ids: Optional[Sequence[int]] = None  # explain these transactions whatever their latency
+
+    def describe(self) -> str:
+        parts = []
+        if self.threshold_ms > 0:
+            parts.append(f">= {format_ms(self.threshold_ms)}")
+        if self.relative > 0:
+            parts.append(f"> {self.relative:g}x median")
+        if self.percentile is not None:
+            parts.append(f"> p{self.percentile:g}")
+        return " and ".join(parts) if parts else "every transaction"
+
+
+def format_ms(ms: float) -> str:
+    """`1.5 s`, `100 ms`, `250 us`: the unit a person would say."""
+    if ms >= 1000:
+        return f"{ms / 1000:.3g} s"
+    if ms >= 1:
+        return f"{ms:.3g} ms"
+    return f"{ms * 1000:.3g} us"
+
+
+def parse_duration_ms(text: str) -> float:
+    """`100ms`, `1s`, `250us`, `0.1s` or a bare number of milliseconds -> milliseconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ns|us|µs|ms|s|)\s*", str(text))
+    if not m:
+        raise SpikeTraceError(f"invalid duration '{text}' (examples: 100ms, 1s, 250us)")
+    return float(m.group(1)) * _UNITS_MS[m.group(2)]
+
+
+def parse_relative(text: str) -> float:
+    """`10x` or `10` -> 10.0 (times the median latency); `0` disables the test."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*[xX]?\s*", str(text))
+    if not m:
+        raise SpikeTraceError(f"invalid relative threshold '{text}' (examples: 10x, 5x, 0 to disable)")
+    return float(m.group(1))
+
+
+def parse_percentile(text: str) -> Optional[float]:
+    """`99.9` or `p99.9` -> 99.9; `none`/`off` -> None."""
+    if str(text).strip().lower() in ("", "none", "off"):
+        return None
+    m = re.fullmatch(r"\s*[pP]?([0-9]*\.?[0-9]+)\s*", str(text))
+    if not m or not 0 < float(m.group(1)) < 100:
+        raise SpikeTraceError(f"invalid percentile '{text}' (examples: 99.9, p99; between 0 and 100)")
+    return float(m.group(1))

@@ -1,0 +1,73 @@
+"""The terminal summary (rich): counts, percentiles, spikes by cause, accuracy, lost events,
+probe backends, warnings and the worst spikes."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from analysis.options import format_ms
+from analysis.report.data import TERMINAL_SPIKES, ReportData
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def render(data: ReportData, console: Console) -> None:
+    c = data.counts
+    run = data.run
+    console.print(f"[bold]{escape(run['path'])}[/]  scenario {escape(str(run['scenario']))}, "
+                  f"{escape(str(run['kind']))} run, status {escape(str(run['status']))}, kernel {escape(str(run['kernel']))}")
+    lost = c["lost_events"]
+    lost_text = f"[red]{lost:,} lost[/]" if lost else ("0 lost" if c["counts_recorded"] else "lost: unknown")
+    console.print(f"{c['transactions']:,} transactions ({c['ok']:,} ok), {c['spikes']:,} spikes "
+                  f"({escape(data.options['spike_rule'])}), {c['events']:,} kernel events ({lost_text}), "
+                  f"{c['events_matched']:,} joined to a transaction")
+
+    lat = Table(title="Latency (ok transactions)", show_header=True, header_style="bold")
+    for name, _ in data.latency:
+        lat.add_column(name, justify="right")
+    lat.add_row(*[format_ms(v) for _, v in data.latency])
+    console.print(lat)
+
+    if data.causes:
+        t = Table(title="Spikes by cause", header_style="bold")
+        for col in ("cause", "spikes", "%", "median", "max", "time", "details"):
+            t.add_column(col, justify="left" if col in ("cause", "details") else "right")
+        for row in data.causes:
+            details = ", ".join(f"{k} {v}" for k, v in row["details"].items())
+            if row.get("inferred"):
+                details += f" ({row['inferred']} inferred)"
+            t.add_row(row["cause"], f"{row['spikes']:,}", f"{row['percent']:.0f}",
+                      format_ms(row["median_latency_ms"]), format_ms(row["max_latency_ms"]),
+                      f"{row['time_s']:.2f} s", escape(details))
+        console.print(t)
+    else:
+        console.print("No spikes.")
+
+    if data.accuracy:
+        t = Table(title="Attribution vs ground truth", header_style="bold")
+        for col in ("cause", "truth", "predicted", "precision", "recall"):
+            t.add_column(col, justify="left" if col == "cause" else "right")
+        for row in data.accuracy:
+            t.add_row(row["cause"], str(row["truth"]), str(row["predicted"]), _pct(row["precision"]),
+                      _pct(row["recall"]))
+        console.print(t)
+
+    if data.spikes:
+        t = Table(title=f"Worst spikes ({min(TERMINAL_SPIKES, len(data.spikes))} of {data.spikes_total:,})",
+                  header_style="bold", show_lines=False)
+        t.add_column("txn", justify="right")
+        t.add_column("latency", justify="right")
+        t.add_column("cause")
+        t.add_column("why")
+        for s in data.spikes[:TERMINAL_SPIKES]:
+            cause = s.cause + (f" ({s.cause_detail})" if s.cause_detail else "")
+            t.add_row(str(s.txn_id), format_ms(s.latency_ms), escape(cause), escape(s.sentence))
+        console.print(t)
+
+    if data.probes:
+        console.print("Probes: " + ", ".join(f"{escape(k)}={escape(str(v))}" for k, v in data.probes))
+    for w in data.warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}")

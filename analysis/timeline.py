@@ -1,0 +1,123 @@
+"""The full timeline of one transaction: client and server phases, the kernel events joined to it
+(by 4-tuple and time, or by thread), and counter changes meanwhile. Data only; the
+`spiketrace explain` command renders it."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from analysis.context import fmt_ns
+from analysis.core import AnalysisResult, analyse
+from analysis.facts import ERRNO_NAMES, TCP_STATES
+from analysis.options import AnalysisOptions
+from spiketrace.errors import SpikeTraceError
+
+CLIENT_PHASES = (("t_start", "transaction starts (socket created)"), ("t_connected", "connect() returned"),
+                 ("t_reply1", "first echo received"), ("t_reply2", "second echo received"),
+                 ("t_end", "socket closed"))
+SERVER_PHASES = (("t_accept", "accept() returned"), ("t_request1", "request 1 read"),
+                 ("t_reply1", "echo 1 sent"), ("t_request2", "request 2 read"), ("t_reply2", "echo 2 sent"),
+                 ("t_eof", "client's EOF read"), ("t_close", "close() returned"))
+COUNTERS = ("TcpExt.ListenOverflows", "TcpExt.ListenDrops", "TcpExt.TCPSynRetrans", "TcpExt.TCPTimeouts",
+            "TcpExt.TCPLossProbes", "TcpExt.DelayedACKs", "Tcp.RetransSegs", "Tcp.AttemptFails")
+
+
+@dataclasses.dataclass
+class Timeline:
+    txn: Dict[str, Any]
+    explanation: Optional[Dict[str, Any]]  # the explanations row, None if nothing to explain
+    rows: List[Dict[str, Any]]  # t_rel_ns, column (client/server/kernel/counter), text
+    slow: bool  # a spike under the run's thresholds
+    warnings: List[str]
+
+
+def explain_transaction(run, txn_id: int, options: AnalysisOptions = AnalysisOptions()) -> Timeline:
+    ids = run.table("transactions", columns=["id"])["id"].to_numpy()
+    if not np.isin(txn_id, ids):
+        hint = f" (ids go from {ids.min()} to {ids.max()})" if len(ids) else ""
+        raise SpikeTraceError(f"{run.path}: no transaction with id {txn_id}{hint}")
+    result = analyse(run, dataclasses.replace(options, only_ids=[int(txn_id)]))
+    return build_timeline(result, int(txn_id))
+
+
+def build_timeline(result: AnalysisResult, txn_id: int) -> Timeline:
+    ctx = result.context
+    txn = ctx.frames.txn
+    ti = int(np.flatnonzero(txn["id"].to_numpy() == txn_id)[0])
+    row = {k: (v.item() if hasattr(v, "item") else v) for k, v in txn.iloc[ti].items()}
+    t0 = int(row["t_start"])
+    rows: List[Dict[str, Any]] = []
+
+    def add(t: int, column: str, text: str, ev_row: int = -1) -> None:
+        rows.append({"t_ns": int(t), "t_rel_ns": int(t) - t0, "column": column, "text": text, "ev_row": ev_row})
+
+    for col, text in CLIENT_PHASES:
+        if row[col]:
+            extra = ""
+            if col == "t_connected" and row["connect_attempts"] > 1:
+                err = ERRNO_NAMES.get(int(row["last_errno"]), str(row["last_errno"]))
+                extra = f" after {row['connect_attempts']} attempts (last error {err})"
+            add(row[col], "client", text + extra)
+    srv = ctx.txn_srv[ti]
+    if srv >= 0:
+        s = ctx.frames.server.iloc[int(srv)]
+        for col, text in SERVER_PHASES:
+            if s[col]:
+                add(int(s[col]), "server", text)
+    ev = ctx.frames.events
+    own = np.flatnonzero(ctx.ev_ti == ti)
+    cited = result.evidence[result.evidence["txn_id"] == txn_id]["ev_row"].to_numpy() if len(result.evidence) else []
+    for e in np.union1d(own, cited).astype(np.int64):
+        add(int(ev["t_ns"].iat[e]), "kernel", event_text(ev.iloc[e]), int(e))
+    end = int(row["end"])
+    for name in COUNTERS + tuple(n for n in ctx.frames.counters.names() if n.startswith("listen.")):
+        for t, before, after in counter_changes(ctx.frames.counters, name, t0 - ctx.period_ns, end + ctx.period_ns):
+            add(t, "counter", f"{name} {before} -> {after}")
+    rows.sort(key=lambda r: (r["t_ns"], r["column"]))
+    expl = None
+    if len(result.explanations):
+        expl = result.explanations.iloc[0].to_dict()
+    slow = bool(row["latency_ns"] >= result.threshold_ns) if result.threshold_ns else True
+    return Timeline(txn=row, explanation=expl, rows=rows, slow=slow, warnings=list(result.warnings))
+
+
+def counter_changes(counters, name: str, a: int, b: int):
+    if name not in counters.series:
+        return []
+    ts, vs = counters.series[name]
+    lo, hi = np.searchsorted(ts, a, side="left"), np.searchsorted(ts, b, side="right")
+    out = []
+    for i in range(max(lo, 1), hi):
+        if vs[i] != vs[i - 1]:
+            out.append((int(ts[i]), int(vs[i - 1]), int(vs[i])))
+    return out
+
+
+def event_text(e) -> str:
+    """One kernel event in words, with the fields its kind gives meaning to."""
+    kind = str(e["kind"])
+    state = TCP_STATES.get(int(e["state"]), str(int(e["state"])))
+    side = f" ({e['side']} side)" if e.get("side") else ""
+    if kind == "retransmit":
+        what = "SYN retransmit" if int(e["state"]) == 2 else f"data retransmit in {state}"
+        return f"{what}{side}" + (f", #{int(e['value'])}" if e["value"] else "")
+    if kind == "synack_retransmit":
+        return "SYN-ACK retransmit (server side)"
+    if kind == "state_change":
+        return f"{state} -> {TCP_STATES.get(int(e['new_state']), str(int(e['new_state'])))}{side}"
+    if kind == "drop":
+        return f"packet dropped, reason {int(e['reason'])}{side}"
+    if kind in ("reset_sent", "reset_received"):
+        return f"{kind.replace('_', ' ')} in {state}{side}"
+    if kind == "connect_error":
+        err = ERRNO_NAMES.get(int(e["reason"]), str(int(e["reason"])))
+        return f"connect() failed with {err} x{int(e['value'])} (pid {int(e['pid'])})"
+    if kind == "accept_wait":
+        return f"waited {fmt_ns(int(e['value']))} in the accept queue"
+    if kind == "runq_delay":
+        return f"{e['comm']} (tid {int(e['pid'])}) runnable but not running for {fmt_ns(int(e['value']))}"
+    if kind == "time_wait":
+        return f"entered TIME_WAIT{side}"
+    return f"{kind}{side}"
