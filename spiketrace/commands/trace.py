@@ -245,6 +245,17 @@ def build_config(opts: TraceOptions):
     inum = 0
     if opts.netns is not None:
         inum = os.stat(resolve_netns(opts.netns)).st_ino
+    elif opts.pids:
+        # sockets of the traced processes' namespace only (when they share one), so a port
+        # also used in other containers does not mix their traffic in
+        inums = set()
+        for pid in opts.pids:
+            try:
+                inums.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
+            except OSError:
+                inums.add(0)
+        if len(inums) == 1:
+            inum = inums.pop()
     return TracerConfig(ports=list(opts.ports), pids=list(opts.pids), cgroup=opts.cgroup,
                         netns_inum=inum, slow_conn_ms=opts.threshold_ms,
                         all_events=opts.all_events)

@@ -187,6 +187,8 @@ def test_trace_duration_records_a_complete_run(ns, tmp_path):
     # the SYNs the full queue dropped were retransmitted, and the tracer saw them
     syn_retrans = read_counters(ns)["TcpExt.TCPSynRetrans"]
     events = run.table("events")
+    inum = os.stat(f"/var/run/netns/{ns}").st_ino
+    assert set(events["netns"]) == {inum}  # --netns: nothing from other namespaces
     retrans = events[(events["kind"] == "retransmit") & (events["dport"] == PORT)
                      & (events["state"] == 2)]
     assert syn_retrans > 0
