@@ -33,15 +33,16 @@ _LIST = [
     ),
     Scenario(
         name="listen-overflow",
-        description="listen(1) and 4 concurrent clients against the single-threaded server: "
-                    "the accept queue (2 slots) overflows, the kernel drops the SYN silently and "
-                    "the client retransmits it after the 1 s initial RTO. A tc classifier only "
-                    "observes SYNs and records each one seen twice.",
-        injects="backlog 1 + 4 clients (tc observer, no drops)",
+        description="listen(1) and 6 concurrent clients against the single-threaded server: "
+                    "the accept queue (2 slots) overflows now and then (a few times a second), "
+                    "the kernel drops the SYN silently and the client retransmits it after the "
+                    "1 s initial RTO. A tc classifier only observes SYNs and records each one "
+                    "seen twice.",
+        injects="backlog 1 + 6 clients (tc observer, no drops)",
         expected_cause="syn_retransmit",
         expected_detail="listen_overflow",
         server_overrides={"backlog": 1},
-        client_overrides={"concurrency": 4},
+        client_overrides={"concurrency": 6},
         injection_class=ListenOverflowObserver,
     ),
     Scenario(
@@ -86,11 +87,12 @@ _LIST = [
     ),
     Scenario(
         name="cpu-contention",
-        description="A SCHED_FIFO busy loop hogs one CPU for 150 ms every second; the server "
-                    "and clients are pinned to that CPU, so their threads wait runnable.",
+        description="A SCHED_FIFO busy loop hogs one CPU for 150 ms every 500 ms (first burst "
+                    "after 200 ms); the server and clients are pinned to that CPU, so their "
+                    "threads wait runnable.",
         injects="CPU hog bursts on the bench's CPU",
         expected_cause="runq_delay",
-        params={"cpu": None, "hogs": 1, "burst_ms": 150.0, "period_ms": 1000.0,
+        params={"cpu": None, "hogs": 1, "start_delay_ms": 200.0, "burst_ms": 150.0, "period_ms": 500.0,
                 "duration_s": 3600.0, "policy": "fifo", "pin": "both"},
         injection_class=CpuContention,
     ),

@@ -1,7 +1,7 @@
 """CPU contention: busy-loop hogs pinned to one CPU, in bursts, with the bench processes
 pinned to the same CPU, so their threads wait runnable (run-queue delay) during each burst.
 
-Each hog is a child process (`python -m spiketrace.scenarios.cpuhog`), bounded in time, that
+Each hog is a child process (`python spiketrace/scenarios/_hog.py`), bounded in time, that
 exits when its parent goes away, and logs the monotonic start and end of every burst: those
 windows are the ground truth. By default it runs as SCHED_FIFO priority 1, so a burst takes the
 whole CPU (the kernel's RT throttling still leaves 5%); without the right to do so it falls
@@ -9,12 +9,10 @@ back to nice -20, which steals less.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import List
 
@@ -34,40 +32,6 @@ def pin_process(pid: int, cpus) -> None:
             os.sched_setaffinity(tid, cpus)
         except (ProcessLookupError, FileNotFoundError):
             continue
-
-
-def _hog(cpu: int, burst_ms: float, period_ms: float, duration_s: float, out: str,
-         policy: str) -> None:
-    parent = os.getppid()
-    os.sched_setaffinity(0, {cpu})
-    used = "SCHED_OTHER"
-    if policy == "fifo":
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-            used = "SCHED_FIFO"
-        except OSError:
-            policy = "nice"
-    if policy == "nice":
-        try:
-            os.nice(-20)
-            used = "nice-20"
-        except OSError:
-            pass
-    burst, period = int(burst_ms * 1e6), int(period_ms * 1e6)
-    deadline = time.monotonic_ns() + int(duration_s * 1e9)
-    with open(out, "a", buffering=1) as log:
-        log.write(f"# policy {used}\n")
-        start = time.monotonic_ns()
-        while start < deadline and os.getppid() == parent:
-            now = start
-            while now - start < burst:
-                now = time.monotonic_ns()
-            log.write(f"{start} {now}\n")
-            start += period
-            pause = start - time.monotonic_ns()
-            if pause > 0:
-                time.sleep(pause / 1e9)
-            start = max(start, time.monotonic_ns())
 
 
 def read_windows(path: str):
@@ -99,18 +63,16 @@ class CpuContention(Injection):
         self.cpu = cpu
         self.params["cpu"] = cpu
         self.hogs: List[tuple] = []
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        script = str(Path(__file__).resolve().with_name("_hog.py"))  # stdlib only: fast start
         for i in range(int(p["hogs"])):
             fd, log = tempfile.mkstemp(prefix="spiketrace-hog-", suffix=".log")
             os.close(fd)
             _netns.track("files", log)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "spiketrace.scenarios.cpuhog", "--cpu", str(cpu),
+                [sys.executable, script, "--cpu", str(cpu), "--start-delay-ms", str(p["start_delay_ms"]),
                  "--burst-ms", str(p["burst_ms"]), "--period-ms", str(p["period_ms"]),
                  "--duration-s", str(p["duration_s"]), "--policy", str(p["policy"]),
-                 "--out", log], env=env, stdin=subprocess.DEVNULL, close_fds=True)
+                 "--out", log], stdin=subprocess.DEVNULL, close_fds=True)
             rec = _netns.track_pids([proc.pid], "cpu-hog")
             self.hogs.append((proc, log, rec))
 
@@ -162,19 +124,3 @@ class CpuContention(Injection):
             except FileNotFoundError:
                 pass
             _netns.untrack("files", log)
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="spiketrace CPU hog (started by cpu-contention)")
-    ap.add_argument("--cpu", type=int, required=True)
-    ap.add_argument("--burst-ms", type=float, required=True)
-    ap.add_argument("--period-ms", type=float, required=True)
-    ap.add_argument("--duration-s", type=float, required=True)
-    ap.add_argument("--policy", choices=("fifo", "nice", "other"), default="fifo")
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
-    _hog(a.cpu, a.burst_ms, a.period_ms, a.duration_s, a.out, a.policy)
-
-
-if __name__ == "__main__":
-    main()
