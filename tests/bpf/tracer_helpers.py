@@ -105,9 +105,17 @@ class BccTool:
         raise RuntimeError(f"{name}-bpfcc did not start: {''.join(self.header)}")
 
     def stop(self) -> List[str]:
+        """SIGINT until it exits (a SIGINT that lands in its perf callback is swallowed)."""
         time.sleep(0.5)  # let its perf buffer drain
-        self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=20)
+        for _ in range(10):
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                out, _ = self.proc.communicate(timeout=2)
+                return out.splitlines()
+            except subprocess.TimeoutExpired:
+                continue
+        self.proc.kill()
+        out, _ = self.proc.communicate()
         return out.splitlines()
 
     def kill(self) -> None:
