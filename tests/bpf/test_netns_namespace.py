@@ -160,3 +160,13 @@ def test_cleanup_never_kills_a_recycled_pid(private_state_dir):
     finally:
         other.kill()
         other.wait()
+
+
+def test_cleanup_command_reports_nothing_to_do():
+    from click.testing import CliRunner
+
+    from spiketrace.commands.cleanup import command
+
+    res = CliRunner().invoke(command, [])
+    assert res.exit_code == 0, res.output
+    assert "nothing to clean up" in res.output or res.output.startswith("removed ")
