@@ -42,11 +42,12 @@ def detect_syn_retransmit(ctx: Context) -> None:
     if len(syn):
         g = group_first(syn)
         ti, n, t_first, t_last = g["ti"], g["n"], g["t_first"], g["t_last"]
-        times = syn.sort_values("t_ns").groupby("ti")["t_ns"].apply(list)
+        srt = syn.sort_values(["ti", "t_ns"], kind="stable")
+        times = dict(zip(ti.tolist(), np.split(srt["t_ns"].to_numpy(), np.cumsum(n)[:-1])))
         detail, why = _syn_why(ctx, ti, t_start[ti], t_last)
         sentences, shorts = [], []
         for k in range(len(ti)):
-            rel = [t - t_start[ti[k]] for t in times.loc[ti[k]]]
+            rel = (times[ti[k]] - t_start[ti[k]]).tolist()
             phrase = _rto_phrase(t_first[k] - t_start[ti[k]], int(n[k]), rel, ctx)
             sentences.append(f"{why[k]}; {phrase}.")
             shorts.append(f"a SYN retransmit ({detail[k]}) cost {fmt_ns(t_last[k] - t_start[ti[k]])}")

@@ -109,12 +109,12 @@ def detect_runq_delay(ctx: Context) -> None:
     """The client or server thread was runnable but not running (CPU contention) while the
     transaction waited on it: run-queue delay events joined by thread and overlapping time."""
     ev = ctx.frames.events
-    mask = (ev["kind"] == "runq_delay").to_numpy()
-    if not mask.any():
+    rows = np.flatnonzero((ev["kind"] == "runq_delay").to_numpy())
+    if len(rows) == 0:
         return
-    rq = ev[mask]
-    e_b = rq["t_ns"].to_numpy()
-    e_a = e_b - np.maximum(rq["value"].to_numpy(), 0)
+    e_b = ev["t_ns"].to_numpy()[rows]
+    e_a = e_b - np.maximum(ev["value"].to_numpy()[rows], 0)
+    e_pid = ev["pid"].to_numpy()[rows]
     ti = ctx.spikes
     t_start, end = ctx.col("t_start"), ctx.col("end")
     tgt_ti = [ti]
@@ -137,21 +137,21 @@ def detect_runq_delay(ctx: Context) -> None:
     tgt_ti = np.concatenate(tgt_ti)
     tgt_pid = np.concatenate(tgt_pid).astype(np.int64)
     side = np.concatenate(side)
-    i, j = pid_overlaps(tgt_pid, t_start[tgt_ti], end[tgt_ti], rq["pid"].to_numpy(), e_a, e_b)
+    i, j = pid_overlaps(tgt_pid, t_start[tgt_ti], end[tgt_ti], e_pid, e_a, e_b)
     if len(i) == 0:
         return
     tx = tgt_ti[i]
     a = np.maximum(e_a[j], t_start[tx])
     b = np.minimum(e_b[j], end[tx])
     sd = side[i]
-    comm = rq["comm"].astype(str).to_numpy()[j]
-    pid = rq["pid"].to_numpy()[j]
+    comm = ev["comm"].iloc[rows[j]].astype(str).to_numpy()
+    pid = e_pid[j]
     sentences = [f"The {s} thread ({c}, pid {p}) waited {fmt_ns(e_b[jj] - e_a[jj])} runnable but not "
                  f"running (another task had the CPU) at {fmt_rel(bb - t_start[t])}."
                  for s, c, p, jj, bb, t in zip(sd, comm, pid, j, b, tx)]
     shorts = [f"the {s} thread waited {fmt_ns(bb - aa)} for a CPU" for s, aa, bb in zip(sd, a, b)]
     ctx.cands.add(tx, "runq_delay", sd, a, b, sentences, shorts)
-    ctx.cands.cite(tx, "runq_delay", rq["ev_row"].to_numpy()[j])
+    ctx.cands.cite(tx, "runq_delay", ev["ev_row"].to_numpy()[rows[j]])
 
 
 def detect_delayed_ack(ctx: Context) -> None:
@@ -164,7 +164,7 @@ def detect_delayed_ack(ctx: Context) -> None:
         return
     ti = ctx.spikes
     txn = ctx.frames.txn
-    ok = txn["outcome"].to_numpy() == "ok"
+    ok = ctx.col("outcome") == "ok"
     retrans = ctx.spike_events(["retransmit"])
     r_phase, _ = ctx.phase_start(retrans["ti"].to_numpy(), retrans["t_ns"].to_numpy())
     stalled = set(zip(retrans["ti"].to_numpy().tolist(), r_phase.tolist()))

@@ -91,22 +91,28 @@ class Context:
     median_latency_ns: float
     cands: Candidates = dataclasses.field(default_factory=Candidates)
     period_ns: int = 50_000_000  # counter sampling period
+    spike_ev: Optional[pd.DataFrame] = None  # events joined by 4-tuple to a spike, with `ti`
 
     # --- columns as arrays (aligned with transactions) ---
     def col(self, name: str) -> np.ndarray:
-        return self.frames.txn[name].to_numpy()
+        """A transactions column as a numpy array (converted once: categoricals are costly)."""
+        cache = self.__dict__.setdefault("_cols", {})
+        if name not in cache:
+            cache[name] = self.frames.txn[name].to_numpy()
+        return cache[name]
 
     def spike_events(self, kinds: Sequence[str], side: Optional[str] = None) -> pd.DataFrame:
         """Events joined (by 4-tuple and time) to a transaction being explained, with `ti`."""
-        ev = self.frames.events
-        mask = ev["kind"].isin(list(kinds)).to_numpy() & (self.ev_ti >= 0)
+        if self.spike_ev is None:
+            ev = self.frames.events
+            idx = np.flatnonzero(self.ev_ti >= 0)
+            idx = idx[self.in_spikes[self.ev_ti[idx]]]
+            self.spike_ev = ev.iloc[idx].assign(ti=self.ev_ti[idx])
+        ev = self.spike_ev
+        mask = ev["kind"].isin(list(kinds)).to_numpy().copy()
         if side is not None:
-            mask &= ev["side"].to_numpy() == side
-        idx = np.flatnonzero(mask)
-        idx = idx[self.in_spikes[self.ev_ti[idx]]]
-        out = ev.iloc[idx].copy()
-        out["ti"] = self.ev_ti[idx]
-        return out
+            mask &= (ev["side"] == side).to_numpy()
+        return ev[mask]
 
     def phase_start(self, ti: np.ndarray, t: np.ndarray) -> tuple:
         """The client phase each time falls in: (index 0..3, its start). Phases: connect,

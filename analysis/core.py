@@ -43,7 +43,7 @@ class AnalysisResult:
     t_start: np.ndarray
     latency_ns: np.ndarray
     event_t: np.ndarray
-    event_kind: np.ndarray
+    event_kind: Any  # pandas Categorical (compare with ==)
     threshold_ns: float = 0.0
     # the joined data, for `spiketrace explain` (analysis.timeline); not part of any report
     context: Any = dataclasses.field(default=None, repr=False)
@@ -78,7 +78,7 @@ def analyse(run, options: AnalysisOptions = AnalysisOptions()) -> AnalysisResult
     warnings = list(run.warnings) + _meta_warnings(run.meta, frames)
     txn = frames.txn
     latency = txn["latency_ns"].to_numpy()
-    ok = txn["outcome"].astype(str).to_numpy() == "ok"
+    ok = (txn["outcome"] == "ok").to_numpy()
     mask, median, threshold = spike_mask(latency, ok, options)
     if options.only_ids is not None:
         mask = np.isin(txn["id"].to_numpy(), np.asarray(list(options.only_ids), dtype=np.int64))
@@ -100,7 +100,7 @@ def analyse(run, options: AnalysisOptions = AnalysisOptions()) -> AnalysisResult
         run_path=Path(run.path), meta=run.meta, options=options, summary=summary, explanations=expl,
         evidence=evidence_table, causes=causes, accuracy=acc, warnings=warnings,
         t_start=txn["t_start"].to_numpy(), latency_ns=latency,
-        event_t=frames.events["t_ns"].to_numpy(), event_kind=frames.events["kind"].astype(str).to_numpy(),
+        event_t=frames.events["t_ns"].to_numpy(), event_kind=frames.events["kind"].array,
         threshold_ns=threshold, context=ctx)
 
 
@@ -169,8 +169,10 @@ def _summary(run, frames, options, latency, ok, median, threshold, expl, causes,
              ctx, elapsed) -> Dict[str, Any]:
     meta = run.meta
     txn = frames.txn
-    outcomes = txn["outcome"].astype(str).value_counts()
-    kinds = frames.events["kind"].astype(str).value_counts()
+    outcomes = txn["outcome"].value_counts()
+    outcomes = outcomes[outcomes > 0]
+    kinds = frames.events["kind"].value_counts()
+    kinds = kinds[kinds > 0]
     matched = int((ctx.ev_ti >= 0).sum())
     return {
         "run": {"path": str(run.path), "kind": meta.kind, "status": meta.status, "scenario": meta.scenario,

@@ -102,7 +102,7 @@ def explain(ctx: Context) -> Tuple[pd.DataFrame, pd.DataFrame]:
         "local_port": ctx.col("local_port")[spikes].astype(np.int32),
         "t_start": t_start[spikes].astype(np.int64),
         "latency_ns": lat.astype(np.int64),
-        "outcome": txn["outcome"].astype(str).to_numpy()[spikes],
+        "outcome": ctx.col("outcome")[spikes].astype(str),
         "cause": primary.astype(object),
         "cause_detail": np.array(details, dtype=object),
         "causes": np.array(cause_lists, dtype=object),
@@ -150,7 +150,7 @@ def _unexplained_sentences(ctx: Context, spikes: np.ndarray, lat: np.ndarray, ex
     t_start, end = ctx.col("t_start")[spikes], ctx.col("end")[spikes]
     idx, dist = nearest(t_ev[order], t_start, end)
     lost = ctx.meta.lost_events if hasattr(ctx.meta, "lost_events") else 0
-    kinds = ev["kind"].astype(str).to_numpy()
+    kinds = ev["kind"]
     ev_rows = ev["ev_row"].to_numpy()
     sport, dport = ev["sport"].to_numpy(), ev["dport"].to_numpy()
     overflow = ctx.growth("TcpExt.ListenOverflows", t_start, end)
@@ -168,7 +168,7 @@ def _unexplained_sentences(ctx: Context, spikes: np.ndarray, lat: np.ndarray, ex
                      f"{fmt_ns(dist[r])} {'before' if t_ev[e] < t_start[r] else 'after'} it")
             conn = "on this connection" if own else f"on another connection (ports {sport[e]}->{dport[e]})"
             text = (f"No kernel evidence accounts for {missing} of its {fmt_ns(lat[r])}; the nearest kernel event "
-                    f"was a {kinds[e]} {conn}, {where}"
+                    f"was a {kinds.iat[e]} {conn}, {where}"
                     + (f" at {fmt_rel(t_ev[e] - t_start[r])}" if dist[r] == 0 else ""))
         if overflow[r] > 0:
             text += f"; ListenOverflows grew by {overflow[r]} meanwhile"

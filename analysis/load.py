@@ -71,10 +71,13 @@ class Frames:
     source: str = "transactions"  # or "connections" for trace runs without a bench
 
 
-def _codes(values, lookup: Dict[str, int]) -> np.ndarray:
+def _codes(values: pd.Series, lookup: Dict[str, int]) -> np.ndarray:
     """Integer codes of address strings through one shared dictionary (factorize each column,
     then map its few uniques), normalising IPv4-mapped IPv6 (`::ffff:1.2.3.4`)."""
-    codes, uniques = pd.factorize(pd.Series(values, dtype=object).fillna(""), sort=False)
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        codes, uniques = values.cat.codes.to_numpy(), values.cat.categories
+    else:
+        codes, uniques = pd.factorize(values.astype(object).fillna(""), sort=False)
     mapped = np.empty(len(uniques) + 1, dtype=np.int64)
     for i, u in enumerate(uniques):
         u = str(u)
@@ -98,7 +101,16 @@ def conn_key(client_addr: np.ndarray, client_port, server_addr: np.ndarray, serv
 def _int(df: pd.DataFrame, col: str) -> np.ndarray:
     if col not in df:
         return np.zeros(len(df), dtype=np.int64)
+    if pd.api.types.is_integer_dtype(df[col].dtype):
+        return df[col].to_numpy().astype(np.int64, copy=False)
     return pd.to_numeric(df[col], errors="coerce").fillna(0).to_numpy(dtype=np.int64)
+
+
+def _ints(df: pd.DataFrame, cols) -> None:
+    """Make these columns int64 in place (nulls -> 0), touching only those that need it."""
+    for col in cols:
+        if col not in df or df[col].dtype != np.int64:
+            df[col] = _int(df, col)
 
 
 def transactions_from_connections(conns: pd.DataFrame) -> pd.DataFrame:
@@ -125,7 +137,7 @@ def transactions_from_connections(conns: pd.DataFrame) -> pd.DataFrame:
 
 def load(run, need_events: bool = True) -> Frames:
     """The run's tables as `Frames`; raises SpikeTraceError if there is nothing to analyse."""
-    txn = run.table("transactions")
+    txn = run.table("transactions", categories=True)
     source = "transactions"
     if txn.empty and run.has("connections"):
         txn = transactions_from_connections(run.table("connections"))
@@ -136,34 +148,31 @@ def load(run, need_events: bool = True) -> Frames:
     if txn.empty:
         raise SpikeTraceError(f"{run.path / 'transactions.parquet'}: missing or empty; nothing to analyse")
     txn = txn.reset_index(drop=True)
-    for col in PHASES:
-        txn[col] = _int(txn, col)
-    phases = txn[list(PHASES)].to_numpy()
+    _ints(txn, PHASES + ("local_port", "remote_port", "pid", "connect_attempts", "last_errno"))
+    phases = np.column_stack([txn[c].to_numpy() for c in PHASES])
     last = phases.max(axis=1)
     end = np.where(txn["t_end"].to_numpy() > 0, txn["t_end"].to_numpy(), last)
     txn["end"] = np.maximum(end, txn["t_start"].to_numpy())
     txn["latency_ns"] = txn["end"].to_numpy() - txn["t_start"].to_numpy()
-    for col in ("local_port", "remote_port", "pid", "connect_attempts", "last_errno"):
-        txn[col] = _int(txn, col)
+    if not isinstance(txn["outcome"].dtype, pd.CategoricalDtype):  # from connections: plain strings
+        txn["outcome"] = txn["outcome"].astype(str).astype("category")
 
-    events = run.table("events") if need_events else run.table("events").iloc[0:0]
+    events = run.table("events", categories=True) if need_events else run.table("events", categories=True).iloc[0:0]
     events = events.reset_index(drop=True)
     events["ev_row"] = np.arange(len(events), dtype=np.int64)
-    for col in ("t_ns", "pid", "sport", "dport", "state", "new_state", "reason", "value", "value2"):
-        events[col] = _int(events, col)
+    _ints(events, ("t_ns", "pid", "sport", "dport", "state", "new_state", "reason", "value", "value2"))
 
-    server = run.table("server").reset_index(drop=True) if run.has("server") else run.table("server")
+    server = run.table("server", categories=True).reset_index(drop=True)
     server["srv_row"] = np.arange(len(server), dtype=np.int64)
-    for col in ("peer_port", "local_port", "pid", "t_accept", "t_request1", "t_reply1",
-                "t_request2", "t_reply2", "t_eof", "t_close", "conn_id"):
-        server[col] = _int(server, col)
+    _ints(server, ("peer_port", "local_port", "pid", "t_accept", "t_request1", "t_reply1",
+                   "t_request2", "t_reply2", "t_eof", "t_close", "conn_id"))
 
     lookup: Dict[str, int] = {}
-    t_caddr = _codes(txn["local_addr"].to_numpy(), lookup)
-    t_saddr = _codes(txn["remote_addr"].to_numpy(), lookup)
-    e_saddr = _codes(events["saddr"].to_numpy(), lookup)
-    e_daddr = _codes(events["daddr"].to_numpy(), lookup)
-    s_paddr = _codes(server["peer_addr"].to_numpy(), lookup)
+    t_caddr = _codes(txn["local_addr"], lookup)
+    t_saddr = _codes(txn["remote_addr"], lookup)
+    e_saddr = _codes(events["saddr"], lookup)
+    e_daddr = _codes(events["daddr"], lookup)
+    s_paddr = _codes(server["peer_addr"], lookup)
     n_addr = len(lookup)
 
     server_ports = np.unique(txn["remote_port"].to_numpy())
@@ -182,12 +191,13 @@ def load(run, need_events: bool = True) -> Frames:
     events["key"] = np.where(
         is_server, conn_key(e_daddr, dport, e_saddr, sport, n_addr),
         np.where(is_client, conn_key(e_saddr, sport, e_daddr, dport, n_addr), -1))
-    events["side"] = np.where(is_server, "server", np.where(is_client, "client", ""))
+    events["side"] = pd.Categorical.from_codes(np.where(is_server, 2, np.where(is_client, 1, 0)).astype(np.int8),
+                                               ["", "client", "server"])
 
     server["skey"] = conn_key(s_paddr, server["peer_port"], np.zeros(len(server)),
                               server["local_port"], n_addr)
 
-    counters = _counters(run.table("counters") if run.has("counters") else None)
+    counters = _counters(run.table("counters", categories=True) if run.has("counters") else None)
     truth = run.table("ground_truth") if run.has("ground_truth") else None
     return Frames(txn=txn, events=events, server=server, counters=counters,
                   ground_truth=truth if truth is not None else pd.DataFrame(), server_ports=server_ports,
@@ -197,12 +207,13 @@ def load(run, need_events: bool = True) -> Frames:
 def _counters(df: Optional[pd.DataFrame]) -> Counters:
     if df is None or df.empty:
         return Counters({})
-    df = df.sort_values(["name", "t_ns"], kind="stable")
-    names = df["name"].astype(str).to_numpy()
-    t = _int(df, "t_ns")
-    v = _int(df, "value")
     series = {}
-    bounds = np.flatnonzero(names[1:] != names[:-1]) + 1
-    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(names)]):
-        series[str(names[lo])] = (t[lo:hi], v[lo:hi])
+    t_all, v_all = _int(df, "t_ns"), _int(df, "value")
+    codes, names = pd.factorize(df["name"])
+    order = np.lexsort((t_all, codes))
+    codes = codes[order]
+    bounds = np.flatnonzero(np.diff(codes)) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(codes)]):
+        idx = order[lo:hi]
+        series[str(names[codes[lo]])] = (t_all[idx], v_all[idx])
     return Counters(series)

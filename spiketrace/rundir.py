@@ -327,10 +327,12 @@ class RunDir:
         d = self.path / f"{table}.parquet"
         return d.is_dir() and any(d.glob("*.parquet")) or d.is_file()
 
-    def table(self, name: str, columns: Optional[List[str]] = None):
-        """The table as a pandas DataFrame with the documented columns (empty if absent)."""
-        import pandas as pd
+    def table(self, name: str, columns: Optional[List[str]] = None, categories: bool = False):
+        """The table as a pandas DataFrame with the documented columns (empty if absent).
 
+        `categories=True` returns string columns as pandas Categoricals, read straight from
+        Parquet's dictionary pages: a million rows of a few distinct addresses or kinds then cost
+        a few MB and compare/factorize at integer speed (the analysis uses it)."""
         schema = SCHEMAS.get(name)
         target = self.path / f"{name}.parquet"
         if not self.has(name):
@@ -339,13 +341,19 @@ class RunDir:
             empty = schema.empty_table() if schema is not None else pa.table({})
             if columns:
                 empty = empty.select(columns)
-            return empty.to_pandas()
+            df = empty.to_pandas()
+            if categories:
+                for col in df.columns:
+                    if pa.types.is_string(empty.schema.field(col).type):
+                        df[col] = df[col].astype("category")
+            return df
         files = [target] if target.is_file() else sorted(target.glob("*.parquet"))
-        parts = [self._read_part(f, schema, columns) for f in files]
+        parts = [self._read_part(f, schema, columns, categories) for f in files]
         table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         return table.to_pandas()
 
-    def _read_part(self, f: Path, schema: Optional[pa.Schema], columns: Optional[List[str]]) -> pa.Table:
+    def _read_part(self, f: Path, schema: Optional[pa.Schema], columns: Optional[List[str]],
+                   categories: bool = False) -> pa.Table:
         """One part file in the documented schema: columns an older writer lacked are added
         (0 or empty, with a warning), nulls of rows appended without a field become 0 / "".
         A damaged file raises one line naming it."""
@@ -353,7 +361,8 @@ class RunDir:
             have = pq.read_schema(f)
             wanted = columns or (schema.names if schema is not None else have.names)
             present = [c for c in wanted if c in have.names]
-            table = pq.read_table(f, columns=present)
+            strings = [c for c in present if pa.types.is_string(have.field(c).type)] if categories else []
+            table = pq.read_table(f, columns=present, read_dictionary=strings or None)
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise SpikeTraceError(f"{f}: unreadable or truncated Parquet file ({exc})")
         if schema is None:
@@ -361,8 +370,14 @@ class RunDir:
         arrays = []
         for name in wanted:
             field = schema.field(name) if name in schema.names else table.schema.field(name)
+            string = pa.types.is_string(field.type)
             if name in table.column_names:
                 col = table.column(name)
+                if categories and string and pa.types.is_dictionary(col.type):
+                    if col.null_count:  # rows appended without this field: "" like the others
+                        col = col.cast(pa.string()).fill_null("").dictionary_encode()
+                    arrays.append(col)
+                    continue
                 try:
                     col = col.cast(field.type) if col.type != field.type else col
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -372,9 +387,11 @@ class RunDir:
                 if note not in self.warnings:
                     self.warnings.append(note)
                 col = pa.nulls(table.num_rows, type=field.type)
-            if col.null_count and (pa.types.is_integer(field.type) or pa.types.is_string(field.type)
+            if col.null_count and (pa.types.is_integer(field.type) or string
                                    or pa.types.is_boolean(field.type)):
-                default = "" if pa.types.is_string(field.type) else (False if pa.types.is_boolean(field.type) else 0)
+                default = "" if string else (False if pa.types.is_boolean(field.type) else 0)
                 col = col.fill_null(pa.scalar(default, type=field.type))
+            if categories and string:
+                col = col.dictionary_encode()
             arrays.append(col)
         return pa.table(arrays, names=list(wanted))

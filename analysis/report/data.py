@@ -12,6 +12,7 @@ from analysis.context import ALL_CAUSES, CAUSES, fmt_ns
 from analysis.facts import TCP_STATES
 
 HTML_SPIKES = 1000  # per-spike rows in report.html (all of them are in explanations.parquet)
+PLOT_SPIKES = 3000  # spike points in the time plot: the worst of each cause, shared fairly
 MD_SPIKES = 100
 TERMINAL_SPIKES = 10
 EVIDENCE_PER_SPIKE = 20
@@ -71,6 +72,16 @@ class ReportData:
     hist_edges: np.ndarray  # ms, log spaced
     hist: Dict[str, np.ndarray]  # "normal" or cause -> counts
     threshold_ms: float
+    spikes_plotted: int = 0
+
+
+def _plot_spikes(expl: pd.DataFrame) -> pd.DataFrame:
+    """At most PLOT_SPIKES spikes for the time plot: the worst of every cause (rank within its
+    cause), so a cause with many 1 s spikes does not hide one with 200 ms spikes."""
+    if len(expl) <= PLOT_SPIKES:
+        return expl
+    rank = expl.groupby("cause", sort=False).cumcount()  # expl is sorted worst first
+    return expl.iloc[np.argsort(rank.to_numpy(), kind="stable")[:PLOT_SPIKES]]
 
 
 def build(result, max_spikes: int = HTML_SPIKES) -> ReportData:
@@ -80,7 +91,8 @@ def build(result, max_spikes: int = HTML_SPIKES) -> ReportData:
     lat_ms = result.latency_ns / 1e6
     bins_t, p50, mx = _time_bins(result.t_start, lat_ms, t0)
     worst = expl.head(max_spikes)
-    spike_t = (worst["t_start"].to_numpy() - t0) / 1e9
+    plotted = _plot_spikes(expl)
+    spike_t = (plotted["t_start"].to_numpy() - t0) / 1e9
     markers = _markers(result, t0)
     edges, hist = _histogram(result, lat_ms)
     return ReportData(
@@ -92,8 +104,8 @@ def build(result, max_spikes: int = HTML_SPIKES) -> ReportData:
         notes=list(getattr(result.meta, "notes", []) or []),
         spikes=_spike_rows(result, worst, t0), spikes_total=len(expl),
         t0=t0, bins_t=bins_t, bins_p50=p50, bins_max=mx,
-        spike_t=spike_t, spike_ms=worst["latency_ns"].to_numpy() / 1e6,
-        spike_cause=worst["cause"].to_numpy(dtype=object),
+        spike_t=spike_t, spike_ms=plotted["latency_ns"].to_numpy() / 1e6,
+        spike_cause=plotted["cause"].to_numpy(dtype=object), spikes_plotted=len(plotted),
         markers=markers, hist_edges=edges, hist=hist, threshold_ms=result.threshold_ns / 1e6)
 
 
@@ -147,33 +159,44 @@ def _histogram(result, lat_ms: np.ndarray):
 
 
 def _spike_rows(result, worst: pd.DataFrame, t0: int) -> List[SpikeRow]:
+    """One SpikeRow per shown spike, with its first EVIDENCE_PER_SPIKE cited events. Columns are
+    pulled out as lists once (no per-row DataFrame indexing: 1000 spikes stay fast)."""
     ev = result.evidence
-    ev = ev[ev["txn_id"].isin(worst["txn_id"])] if len(ev) else ev
-    groups = {k: g for k, g in ev.groupby("txn_id", sort=False)} if len(ev) else {}
-    rows = []
+    if len(ev):
+        ev = ev[ev["txn_id"].isin(worst["txn_id"])].drop_duplicates(["txn_id", "ev_row"])
+    by_txn: Dict[int, List[int]] = {}
+    cols: Dict[str, list] = {}
+    if len(ev):
+        cols = {c: ev[c].tolist() for c in ("txn_id", "ev_row", "t_ns", "kind", "cause", "side", "pid", "comm",
+                                             "saddr", "sport", "daddr", "dport", "state", "reason", "value")}
+        for i, t in enumerate(cols["txn_id"]):
+            by_txn.setdefault(t, []).append(i)
+    w = {c: worst[c].tolist() for c in worst.columns}
     share_cols = [(c, f"{c}_ns") for c in CAUSES]
-    for rank, r in enumerate(worst.itertuples(index=False), start=1):
-        named = set(str(r.causes).split(","))
-        shares = sorted(((c, getattr(r, col) / 1e6) for c, col in share_cols
-                         if getattr(r, col) > 0 and c in named), key=lambda x: -x[1])
-        g = groups.get(r.txn_id)
+    rows = []
+    for k in range(len(worst)):
+        named = set(str(w["causes"][k]).split(","))
+        shares = sorted(((c, w[col][k] / 1e6) for c, col in share_cols if w[col][k] > 0 and c in named),
+                        key=lambda x: -x[1])
+        txn_id, t_start = w["txn_id"][k], w["t_start"][k]
+        cited = by_txn.get(txn_id, [])
         evidence = []
-        if g is not None:
-            g = g.drop_duplicates("ev_row")
-            for e in g.head(EVIDENCE_PER_SPIKE).itertuples(index=False):
-                evidence.append({
-                    "row": int(e.ev_row), "rel_ms": (e.t_ns - r.t_start) / 1e6, "kind": str(e.kind),
-                    "cause": str(e.cause), "side": str(e.side), "pid": int(e.pid), "comm": str(e.comm),
-                    "tuple": f"{e.saddr}:{e.sport} > {e.daddr}:{e.dport}" if e.sport or e.dport else "",
-                    "state": TCP_STATES.get(int(e.state), str(int(e.state)) if e.state else ""),
-                    "reason": int(e.reason), "value": _value_text(str(e.kind), int(e.value)),
-                })
+        for i in cited[:EVIDENCE_PER_SPIKE]:
+            sport, dport, state = cols["sport"][i], cols["dport"][i], int(cols["state"][i])
+            evidence.append({
+                "row": int(cols["ev_row"][i]), "rel_ms": (cols["t_ns"][i] - t_start) / 1e6,
+                "kind": str(cols["kind"][i]), "cause": str(cols["cause"][i]), "side": str(cols["side"][i]),
+                "pid": int(cols["pid"][i]), "comm": str(cols["comm"][i]),
+                "tuple": f"{cols['saddr'][i]}:{sport} > {cols['daddr'][i]}:{dport}" if sport or dport else "",
+                "state": TCP_STATES.get(state, str(state)) if state else "",
+                "reason": int(cols["reason"][i]), "value": _value_text(str(cols["kind"][i]), int(cols["value"][i])),
+            })
         rows.append(SpikeRow(
-            rank=rank, txn_id=int(r.txn_id), t_rel_s=(r.t_start - t0) / 1e9, latency_ms=r.latency_ns / 1e6,
-            cause=str(r.cause), cause_detail=str(r.cause_detail), causes=str(r.causes), shares=shares,
-            rest_ms=r.rest_ns / 1e6, inferred=bool(r.inferred), sentence=str(r.sentence),
-            local_port=int(r.local_port), evidence=evidence,
-            evidence_total=0 if g is None else len(g)))
+            rank=k + 1, txn_id=int(txn_id), t_rel_s=(t_start - t0) / 1e9, latency_ms=w["latency_ns"][k] / 1e6,
+            cause=str(w["cause"][k]), cause_detail=str(w["cause_detail"][k]), causes=str(w["causes"][k]),
+            shares=shares, rest_ms=w["rest_ns"][k] / 1e6, inferred=bool(w["inferred"][k]),
+            sentence=str(w["sentence"][k]), local_port=int(w["local_port"][k]), evidence=evidence,
+            evidence_total=len(cited)))
     return rows
 
 

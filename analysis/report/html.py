@@ -78,8 +78,9 @@ def render(data: ReportData, plots: Dict[str, str]) -> str:
         parts += [f'<div class="warn">{esc(w)}</div>' for w in data.warnings]
     parts.append('<h2 id="plots">Latency</h2>')
     parts.append(f'<figure id="plot-time">{plots["time"]}<figcaption>Latency of every transaction over time '
-                 f"(median and max per time bin), the {len(data.spikes):,} worst spikes coloured by cause, and "
-                 "kernel events as ticks along the bottom.</figcaption></figure>")
+                 f"(median and max per time bin), spikes coloured by cause ({data.spikes_plotted:,} of "
+                 f"{data.spikes_total:,}: the worst of each cause), and kernel events below, one row per kind."
+                 "</figcaption></figure>")
     parts.append(f'<figure id="plot-hist">{plots["hist"]}<figcaption>Latency histogram (log scale), spikes '
                  "coloured by their primary cause.</figcaption></figure>")
     parts.append(_table([n for n, _ in data.latency], [[esc(format_ms(v)) for _, v in data.latency]],
