@@ -8,7 +8,9 @@ Each prints one JSON document on stdout when done (the server: on its first stdo
 on stdin, sent as the clients start, then sleeps the delay before its first accept()). Times are time.monotonic_ns(), the
 clock of bpf_ktime_get_ns(), so they compare directly with the tracer's events.
 Modes: `echo` (connect, send, read the echo, close), `refused` (connect to a closed port N
-times on fresh sockets, one thread), `hold` (connect and keep the socket open until the end).
+times on fresh sockets, one thread), `hold` (connect and keep the socket open until the end),
+`retry` (the seed client's `while connect_ex(): continue` on one socket until it succeeds or
+N seconds pass).
 """
 from __future__ import annotations
 
@@ -91,6 +93,16 @@ def clients(port: int, n: int, concurrency: int, mode: str, gap: float) -> None:
             s.close()
         print(json.dumps({"attempts": n, "failures": fails, "t_start": t0,
                           "t_end": time.monotonic_ns(), "pid": os.getpid()}), flush=True)
+        return
+    if mode == "retry":
+        s = socket.socket()
+        fails, t0 = 0, time.monotonic_ns()
+        deadline = time.monotonic() + n
+        while s.connect_ex(("127.0.0.1", port)) != 0 and time.monotonic() < deadline:
+            fails += 1
+        print(json.dumps({"failures": fails, "t_start": t0, "t_connected": time.monotonic_ns(),
+                          "port": s.getsockname()[1], "pid": os.getpid()}), flush=True)
+        s.close()
         return
     remaining = list(range(n))
     while remaining:
