@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 import time
 from pathlib import Path
@@ -55,12 +54,9 @@ def build_options(opts: RunOptions):
     """Scenario defaults, then the user's explicit options on top."""
     from bench.client import ClientOptions
     from bench.server import ServerOptions
-    from spiketrace.scenarios import SCENARIOS
+    from spiketrace.scenarios import get_scenario
 
-    if opts.scenario not in SCENARIOS:
-        names = ", ".join(SCENARIOS)
-        raise SpikeTraceError(f"unknown scenario '{opts.scenario}' (one of: {names}; see `spiketrace scenarios`)")
-    scenario = SCENARIOS[opts.scenario]
+    scenario = get_scenario(opts.scenario)
     server = ServerOptions(**{**scenario.server_overrides, **opts.server})
     client = ClientOptions(**{**scenario.client_overrides, **opts.client})
     client.port = server.port
@@ -80,7 +76,7 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
 
     from bench.client import run_clients
     from bench.server import start_server_process
-    from spiketrace.netns import Namespace, cleanup_leftovers
+    from spiketrace.netns import Namespace, cleanup_leftovers, default_netns_name
     from tracer.counters import CounterSampler, read_tcp_sysctls
     from tracer.session import Tracer, TracerConfig
 
@@ -96,14 +92,16 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
     meta.bcc_version = _bcc_version()
     rundir.write_meta(run_path, meta)
 
-    status, started, bench_elapsed, client_result = "failed", time.monotonic(), 0.0, None
+    status, started, bench_elapsed = "failed", time.monotonic(), 0.0
     stats_box: List[Any] = []  # the tracer's statistics, filled by its teardown
     previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with contextlib.ExitStack() as stack:
             stage(f"creating network namespace for scenario '{scenario.name}'")
-            ns = Namespace.create(f"spiketrace-{os.getpid()}", scenario.sysctls)
+            ns = Namespace.create(default_netns_name(scenario.name), scenario.sysctls)
             stack.callback(ns.remove)
+            if ns.skipped_sysctls:
+                meta.notes.append(f"sysctls this kernel lacks, not set: {', '.join(ns.skipped_sysctls)}")
 
             stage("compiling and attaching BPF probes")
             tracer = Tracer(TracerConfig(ports=[server_opts.port], netns_inum=ns.inum,
@@ -112,13 +110,16 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
             stack.callback(lambda: stats_box.append(tracer.stop()))
             meta.probes = dict(tracer.probes)
 
-            injection = scenario.setup(ns, run_path)
+            injection = scenario.setup(ns, run_path, port=server_opts.port)
+            # teardown reads transactions.parquet (ground truth), so it runs after the clients
             stack.callback(injection.teardown)
+            meta.params["injection"] = injection.params
 
             stage("starting the echo server")
             server = start_server_process(server_opts, run_path, netns=ns.name)
             stack.callback(server.stop)
             tracer.add_pids([server.pid])
+            injection.add_pids([server.pid], "server")
             meta.sysctls = read_tcp_sysctls(server.pid)
             rundir.write_meta(run_path, meta)
 
@@ -129,9 +130,7 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
 
             def on_start(pids: List[int]) -> None:
                 tracer.add_pids(pids)
-                add = getattr(injection, "add_pids", None)
-                if add is not None:
-                    add(pids)
+                injection.add_pids(pids, "client")
 
             stage(f"running {client_opts.n:,} transactions")
             bench_started = time.monotonic()
@@ -139,12 +138,13 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
             if on_progress is not None:
                 progress = lambda done, slow: on_progress(done, client_opts.n, slow)  # noqa: E731
             try:
-                client_result = run_clients(client_opts, run_path, netns=ns.name, on_start=on_start,
+                run_clients(client_opts, run_path, netns=ns.name, on_start=on_start,
                                             on_progress=progress)
                 status = "complete"
             finally:
                 bench_elapsed = time.monotonic() - bench_started
                 stage("stopping and draining")
+                meta.notes.extend(injection.notes)
     except (KeyboardInterrupt, Terminated):
         status = "interrupted"
     finally:
