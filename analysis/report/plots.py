@@ -32,6 +32,7 @@ def _svg(fig, salt: str) -> str:
     plt.close(fig)
     text = buf.getvalue()
     text = text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE (they are invalid inline)
+    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)  # RDF boilerplate with URLs
     # ids must be unique in the page: prefix this figure's (defs, clip paths and their uses)
     text = re.sub(r'id="([^"]+)"', rf'id="{salt}-\1"', text)
     text = re.sub(r'(xlink:href|href)="#([^"]+)"', rf'\1="#{salt}-\2"', text)

@@ -1,0 +1,175 @@
+"""Spike detection, option parsing, the decomposition sweep, ground-truth accuracy and the
+reader's error cases, on synthetic run directories."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis import AnalysisOptions, analyse
+from analysis.decompose import attribute
+from analysis.facts import syn_retransmit_times_s
+from analysis.options import parse_duration_ms, parse_percentile, parse_relative
+from spiketrace import rundir
+from spiketrace.errors import SpikeTraceError
+from spiketrace.rundir import RunDir
+from tests.helpers.synthetic import MS, S, SyntheticRun
+
+
+def test_option_parsers():
+    assert parse_duration_ms("100ms") == 100 and parse_duration_ms("1s") == 1000
+    assert parse_duration_ms("250us") == 0.25 and parse_duration_ms("42") == 42
+    assert parse_relative("10x") == 10 and parse_relative("0") == 0
+    assert parse_percentile("p99.9") == 99.9 and parse_percentile("off") is None
+    for bad, parse in (("fast", parse_duration_ms), ("x10", parse_relative), ("150", parse_percentile)):
+        with pytest.raises(SpikeTraceError, match="invalid"):
+            parse(bad)
+
+
+def test_syn_backoff_schedules():
+    """FACT syn-backoff: exponential (1, 3, 7, 15; 3, 9, 21, 45 on 2.6) and 6.5's linear start."""
+    assert syn_retransmit_times_s(1.0, 0, 4) == [1, 3, 7, 15]
+    assert syn_retransmit_times_s(3.0, 0, 4) == [3, 9, 21, 45]
+    assert syn_retransmit_times_s(1.0, 4, 7) == [1, 2, 3, 4, 5, 7, 11]
+
+
+def _latency_run(tmp_path, latencies_ms):
+    run = SyntheticRun(tmp_path / "run")
+    for ms in latencies_ms:
+        run.txn(connect_ms=ms / 3, ex1_ms=ms / 3, ex2_ms=ms / 3, close_ms=0)
+    return RunDir.open(run.write())
+
+
+def test_spikes_must_pass_every_enabled_test(tmp_path):
+    lat = [0.3] * 200 + [2.0, 50.0, 150.0, 1000.0]
+    run = _latency_run(tmp_path, lat)
+    slow = lambda opts: sorted(np.round(analyse(run, opts).explanations["latency_ns"] / 1e6, 1))
+    assert slow(AnalysisOptions()) == [150.0, 1000.0]  # >= 100 ms and > 10x the 0.3 ms median
+    assert slow(AnalysisOptions(threshold_ms=0)) == [50.0, 150.0, 1000.0]  # > 3 ms only
+    assert slow(AnalysisOptions(threshold_ms=1, relative=0)) == [2.0, 50.0, 150.0, 1000.0]
+    assert slow(AnalysisOptions(threshold_ms=1, relative=0, percentile=99.9)) == [1000.0]
+    # a slow median raises the bar: 120 ms on a 100 ms median is not a spike
+    run2 = _latency_run(tmp_path / "b", [100.0] * 50 + [120.0, 1500.0])
+    assert sorted(np.round(analyse(run2).explanations["latency_ns"] / 1e6)) == [1500.0]
+
+
+def test_attribute_gives_each_instant_to_the_highest_priority_cause():
+    ti = np.array([0, 0, 0, 1])
+    prio = np.array([2, 0, 1, 1])
+    a = np.array([0, 50, 80, 10])
+    b = np.array([100, 60, 120, 20])
+    out = attribute(ti, prio, a, b, 3)
+    got = {(int(t), int(p)): int(n) for t, p, n in out.itertuples(index=False)}
+    # txn 0: prio 0 owns 50-60, prio 1 owns 80-120, prio 2 the rest of 0-100 (0-50, 60-80)
+    assert got == {(0, 0): 10, (0, 1): 40, (0, 2): 70, (1, 1): 10}
+
+
+def test_ground_truth_precision_and_recall(tmp_path):
+    run = SyntheticRun(tmp_path / "run")
+    run.normal(30)
+    dropped = []
+    for _ in range(3):
+        t = run.txn(connect_ms=1000.1)
+        run.event("retransmit", t["t_start"] + S, t, state=2)
+        run.ground_truth("syn_drop", t["t_start"] + 10_000, sport=t["local_port"])
+        dropped.append(t)
+        run.normal(5)
+    # an injected drop the tracer missed and that did not slow anything: a false negative
+    quiet = run.txn()
+    run.ground_truth("syn_drop", quiet["t_start"] + 10_000, sport=quiet["local_port"])
+    # a natural run-queue delay, not injected: named but not scored against syn_retransmit
+    t = run.txn(ex1_ms=150.2)
+    run.event("runq_delay", t["t_connected"] + 150 * MS, None, pid=run.client_pid, value=150 * MS)
+    run.ground_truth("mystery_fault", t["t_start"], sport=t["local_port"])
+    result = analyse(RunDir.open(run.write()))
+    acc = result.accuracy.set_index("cause")
+    assert list(acc.index) == ["syn_retransmit"]
+    row = acc.loc["syn_retransmit"]
+    assert (row.truth, row.predicted, row.tp, row.fp, row.fn) == (4, 3, 3, 0, 1)
+    assert row.precision == 1.0 and row.recall == 0.75
+    assert any("mystery_fault" in w for w in result.warnings)
+    assert result.summary["accuracy"][0]["recall"] == 0.75
+
+
+def test_ground_truth_for_every_transaction(tmp_path):
+    """sport 0 marks every spike (cpu-contention injects into everything)."""
+    run = SyntheticRun(tmp_path / "run")
+    run.normal(30)
+    for _ in range(2):
+        t = run.txn(ex1_ms=120.2)
+        run.event("runq_delay", t["t_connected"] + 120 * MS, None, pid=run.client_pid, value=119 * MS)
+    run.txn(ex1_ms=150.2)  # slow for another reason: a miss of runq_delay's recall
+    run.ground_truth("runq_delay", run.cursor, sport=0)
+    result = analyse(RunDir.open(run.write()))
+    row = result.accuracy.set_index("cause").loc["runq_delay"]
+    assert (row.truth, row.tp, row.fn) == (3, 2, 1)
+
+
+def test_missing_transactions_names_the_file(tmp_path):
+    run = SyntheticRun(tmp_path / "run")
+    path = run.write()  # no rows at all
+    with pytest.raises(SpikeTraceError, match=r"transactions\.parquet: missing or empty"):
+        analyse(RunDir.open(path))
+
+
+def test_truncated_part_names_the_file(tmp_path):
+    run = SyntheticRun(tmp_path / "run")
+    run.normal(10)
+    run.event("retransmit", run.cursor, run.txns[0], state=1)
+    path = run.write()
+    part = next((path / "events.parquet").glob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(SpikeTraceError, match=rf"{part.name}: unreadable or truncated"):
+        analyse(RunDir.open(path))
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    run = SyntheticRun(tmp_path / "run")
+    run.normal(5)
+    path = run.write()
+    meta = json.loads((path / "meta.json").read_text())
+    meta["format_version"] = rundir.FORMAT_VERSION + 1
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SpikeTraceError, match=r"meta\.json: format version .* is newer"):
+        RunDir.open(path)
+
+
+def test_interrupted_run_is_analysed_with_warnings(tmp_path):
+    run = SyntheticRun(tmp_path / "run", status="interrupted", counts=False)
+    run.normal(20)
+    t = run.txn(connect_ms=1000.1)
+    run.event("retransmit", t["t_start"] + S, t, state=2)
+    result = analyse(RunDir.open(run.write()))
+    assert result.explanations["cause"].tolist() == ["syn_retransmit"]
+    text = " ".join(result.warnings)
+    assert "marked 'interrupted'" in text and "no counts" in text and "lost events are unknown" in text
+    assert result.summary["counts"]["counts_recorded"] is False
+
+
+def test_rows_written_without_some_fields_and_old_parts_missing_a_column(tmp_path):
+    """TableWriter rows that omit fields (nulls) and a part from an older writer without a
+    column: read with defaults, analysed, and the missing column named in a warning."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "run"
+    rundir.create_run_dir(path)
+    with rundir.TableWriter(path, "transactions", prefix="w0") as w:
+        for i in range(20):
+            t0 = 10 * S + i * 10 * MS
+            lat = 1000 * MS if i == 7 else 300_000
+            w.append({"id": i, "pid": 5, "local_addr": "127.0.0.1", "local_port": 40000 + i,
+                      "remote_addr": "127.0.0.1", "remote_port": 9999, "t_start": t0, "t_connected": t0 + lat,
+                      "t_end": t0 + lat + 1000, "outcome": "ok"})
+    old = pa.table({"t_ns": [10 * S + 70 * MS + S], "kind": ["retransmit"], "saddr": ["127.0.0.1"],
+                    "sport": pa.array([40007], pa.int32()), "daddr": ["127.0.0.1"],
+                    "dport": pa.array([9999], pa.int32()), "state": pa.array([2], pa.int32())})
+    (path / "events.parquet").mkdir()
+    pq.write_table(old, path / "events.parquet" / "part-000001.parquet")
+    meta = rundir.new_meta("bench")
+    meta.status = "complete"
+    rundir.write_meta(path, meta)
+    result = analyse(RunDir.open(path))
+    assert result.explanations["cause"].tolist() == ["syn_retransmit"]
+    assert any("no column value2" in w for w in result.warnings)
