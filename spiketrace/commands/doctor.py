@@ -358,23 +358,27 @@ def render(report: Report, console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="System", title_justify="left", show_lines=False)
-    for col in ("", "check", "state", "fix"):
-        table.add_column(col, overflow="fold")
-    for c in report.system:
-        name = c.name if c.required else f"{c.name} [dim](optional)[/]"
-        table.add_row(_MARK[c.ok], name, escape(c.value), escape(c.fix))
-    console.print(table)
+    def table(title: str, columns: List[str], rows: List[List[str]]) -> Table:
+        with_fix = any(row[-1] for row in rows)  # no empty "fix" column when all is well
+        t = Table(title=title, title_justify="left")
+        for col in columns if with_fix else columns[:-1]:
+            t.add_column(col, overflow="fold")
+        for row in rows:
+            t.add_row(*(row if with_fix else row[:-1]))
+        return t
 
-    probes = Table(title="Probes (evidence -> how it is captured here)", title_justify="left")
-    for col in ("", "evidence", "backend", "detail", "fix"):
-        probes.add_column(col, overflow="fold")
-    for p in report.probes:
-        name = p.evidence if p.required else f"{p.evidence} [dim](optional)[/]"
-        detail = escape(p.detail) + (f"\n[dim]not {escape(p.why)}[/]" if p.why else "")
-        probes.add_row(_MARK[p.ok], name, p.backend, detail, escape(p.fix))
-    console.print(probes)
+    def label(name: str, required: bool, ok: Optional[bool]) -> str:
+        # "(optional)" only where it explains why a gap does not make the machine unready
+        return name if required or ok is True else f"{name} [dim](optional)[/]"
 
+    console.print(table("System", ["", "check", "state", "fix"], [
+        [_MARK[c.ok], label(c.name, c.required, c.ok), escape(c.value), escape(c.fix)]
+        for c in report.system]))
+    console.print(table("Probes (evidence -> how it is captured here)",
+                        ["", "evidence", "backend", "detail", "fix"], [
+        [_MARK[p.ok], label(p.evidence, p.required, p.ok), p.backend,
+         escape(p.detail) + (f"\n[dim]not {escape(p.why)}[/]" if p.why else ""), escape(p.fix)]
+        for p in report.probes]))
     if report.problems:
         console.print(f"[red]Not ready:[/] {', '.join(report.problems)}. "
                       "Run the fix commands above, then `spiketrace doctor` again.")
