@@ -3,8 +3,11 @@
 A ground-truth row names a cause a scenario injected (`kind`, a cause name or one of the
 scenario spellings below) for the transaction whose client port is `sport` and whose
 [t_start, end] holds `t_ns`; `sport` 0 means "every transaction" and then marks every spike.
-For each cause: truth = transactions marked with it, predicted = spikes whose causes (primary
-or others) include it; precision = |both| / |predicted|, recall = |both| / |truth|.
+For each cause, over the spikes (only a slow transaction can be explained, and an injection
+that did not slow its transaction, e.g. a CPU hog burst it slipped past, is no miss):
+truth = spikes marked with it, predicted = spikes whose causes (primary or others) include it;
+precision = |both| / |predicted|, recall = |both| / |truth|. `injected` counts every marked
+transaction, slow or not.
 """
 from __future__ import annotations
 
@@ -68,12 +71,13 @@ def evaluate(truth: pd.DataFrame, txn: pd.DataFrame, server_ports: np.ndarray, s
         for name in names.split(","):
             predicted.setdefault(name, set()).add(ti)
     rows = []
+    slow = set(spikes.tolist())
     for cause in ALL_CAUSES:
         if cause not in marked:
             continue
-        t, p = marked[cause], predicted.get(cause, set())
+        t, p = marked[cause] & slow, predicted.get(cause, set())
         tp = len(t & p)
-        rows.append({"cause": cause, "truth": len(t), "predicted": len(p), "tp": tp,
+        rows.append({"cause": cause, "injected": len(marked[cause]), "truth": len(t), "predicted": len(p), "tp": tp,
                      "fp": len(p - t), "fn": len(t - p),
                      "precision": tp / len(p) if p else None, "recall": tp / len(t) if t else None})
     return pd.DataFrame(rows), warnings

@@ -54,7 +54,8 @@ def detect_syn_retransmit(ctx: Context) -> None:
         ctx.cands.add(ti, "syn_retransmit", detail, t_start[ti], t_last, sentences, shorts)
         ctx.cands.cite(syn["ti"].to_numpy(), "syn_retransmit", syn["ev_row"].to_numpy())
         found_ti = ti
-    _infer_syn_from_timing(ctx, exclude=found_ti)
+    synack = ctx.spike_events(["synack_retransmit"])["ti"].to_numpy(dtype=np.int64)
+    _infer_syn_from_timing(ctx, exclude=np.union1d(found_ti, synack))
 
 
 def _syn_why(ctx: Context, ti: np.ndarray, a: np.ndarray, b: np.ndarray):

@@ -98,9 +98,11 @@ def render(data: ReportData, plots: Dict[str, str]) -> str:
         parts.append("<p>No spikes.</p>")
     if data.accuracy:
         parts.append('<h2 id="accuracy">Attribution vs ground truth</h2>')
-        parts.append(_table(["cause", "injected", "named", "both", "precision", "recall"], [
-            [_cause(r["cause"]), str(r["truth"]), str(r["predicted"]), str(r["tp"]), _pct(r["precision"]),
-             _pct(r["recall"])] for r in data.accuracy], numeric=(1, 2, 3, 4, 5)))
+        parts.append("<p>Over the spikes: <i>injected</i> counts every transaction the scenario marked, "
+                     "<i>slow</i> those of them that were spikes, <i>named</i> the spikes given that cause.</p>")
+        parts.append(_table(["cause", "injected", "slow", "named", "both", "precision", "recall"], [
+            [_cause(r["cause"]), f"{r['injected']:,}", f"{r['truth']:,}", f"{r['predicted']:,}", f"{r['tp']:,}",
+             _pct(r["precision"]), _pct(r["recall"])] for r in data.accuracy], numeric=(1, 2, 3, 4, 5, 6)))
     parts.append(_spikes(data))
     parts.append('<h2 id="probes">Probes</h2>')
     parts.append(_table(["evidence", "backend"], [[esc(k), esc(v)] for k, v in data.probes])

@@ -48,8 +48,8 @@ def render(data: ReportData) -> str:
         lines += ["No spikes.", ""]
     if data.accuracy:
         lines += ["## Attribution vs ground truth", ""]
-        lines += _table(["cause", "truth", "predicted", "true pos.", "precision", "recall"], [
-            [r["cause"], r["truth"], r["predicted"], r["tp"], _pct(r["precision"]), _pct(r["recall"])]
+        lines += _table(["cause", "injected", "slow", "named", "both", "precision", "recall"], [
+            [r["cause"], r["injected"], r["truth"], r["predicted"], r["tp"], _pct(r["precision"]), _pct(r["recall"])]
             for r in data.accuracy])
     if data.spikes:
         shown = min(MD_SPIKES, len(data.spikes))

@@ -48,11 +48,11 @@ def render(data: ReportData, console: Console) -> None:
 
     if data.accuracy:
         t = Table(title="Attribution vs ground truth", header_style="bold")
-        for col in ("cause", "truth", "predicted", "precision", "recall"):
+        for col in ("cause", "injected", "slow", "named", "both", "precision", "recall"):
             t.add_column(col, justify="left" if col == "cause" else "right")
         for row in data.accuracy:
-            t.add_row(row["cause"], str(row["truth"]), str(row["predicted"]), _pct(row["precision"]),
-                      _pct(row["recall"]))
+            t.add_row(row["cause"], f"{row['injected']:,}", f"{row['truth']:,}", f"{row['predicted']:,}",
+                      f"{row['tp']:,}", _pct(row["precision"]), _pct(row["recall"]))
         console.print(t)
 
     if data.spikes:

@@ -75,9 +75,13 @@ def test_ground_truth_precision_and_recall(tmp_path):
         run.ground_truth("syn_drop", t["t_start"] + 10_000, sport=t["local_port"])
         dropped.append(t)
         run.normal(5)
-    # an injected drop the tracer missed and that did not slow anything: a false negative
+    # an injected drop that did not slow its transaction: injected, but no miss
     quiet = run.txn()
     run.ground_truth("syn_drop", quiet["t_start"] + 10_000, sport=quiet["local_port"])
+    # an injected drop whose slow transaction got another cause: a miss (and a false positive)
+    t = run.txn(connect_ms=1000.1)
+    run.event("synack_retransmit", t["t_start"] + S, t, side="server", state=3)
+    run.ground_truth("syn_retransmit", t["t_start"] + 10_000, sport=t["local_port"])
     # a natural run-queue delay, not injected: named but not scored against syn_retransmit
     t = run.txn(ex1_ms=150.2)
     run.event("runq_delay", t["t_connected"] + 150 * MS, None, pid=run.client_pid, value=150 * MS)
@@ -86,7 +90,7 @@ def test_ground_truth_precision_and_recall(tmp_path):
     acc = result.accuracy.set_index("cause")
     assert list(acc.index) == ["syn_retransmit"]
     row = acc.loc["syn_retransmit"]
-    assert (row.truth, row.predicted, row.tp, row.fp, row.fn) == (4, 3, 3, 0, 1)
+    assert (row.injected, row.truth, row.predicted, row.tp, row.fp, row.fn) == (5, 4, 3, 3, 0, 1)
     assert row.precision == 1.0 and row.recall == 0.75
     assert any("mystery_fault" in w for w in result.warnings)
     assert result.summary["accuracy"][0]["recall"] == 0.75
