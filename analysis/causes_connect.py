@@ -170,8 +170,9 @@ def _connect_errors(ctx: Context, errno: int) -> pd.DataFrame:
     t_ns = loose["t_ns"].to_numpy()
     v2 = loose["value2"].to_numpy()
     ev_a = np.where((v2 > 0) & (v2 <= t_ns), v2, t_ns)
-    slack = int(ctx.options.match_slack_ms * 1e6)
-    i, j = pid_overlaps(ctx.col("pid")[ti], ctx.col("t_start")[ti] - slack, ctx.col("end")[ti] + slack,
+    # thread-joined evidence is timed by the same clock as the transaction: no slack (a streak
+    # that ended just before t_start belongs to the previous transaction of that thread)
+    i, j = pid_overlaps(ctx.col("pid")[ti], ctx.col("t_start")[ti], ctx.col("end")[ti],
                         loose["pid"].to_numpy(), ev_a, t_ns)
     by_pid = loose.iloc[j].copy()
     by_pid["ti"] = ti[i]

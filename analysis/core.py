@@ -75,7 +75,8 @@ def analyse(run, options: AnalysisOptions = AnalysisOptions()) -> AnalysisResult
     """Analyse an opened `spiketrace.rundir.RunDir`."""
     started = time.monotonic()
     frames = load(run)
-    warnings = list(run.warnings) + _meta_warnings(run.meta, frames)
+    warnings = list(run.warnings)
+    warnings += [w for w in _meta_warnings(run.meta, frames) if w not in warnings]
     txn = frames.txn
     latency = txn["latency_ns"].to_numpy()
     ok = (txn["outcome"] == "ok").to_numpy()
@@ -136,7 +137,7 @@ def _meta_warnings(meta, frames: Frames) -> List[str]:
     if missing:
         out.append(f"probes unavailable on the traced kernel: {', '.join(missing)} (their causes are "
                    "inferred from timing and counters, or not seen)")
-    if frames.events.empty and frames.source == "transactions":
+    if frames.events.empty and frames.source == "transactions" and not frames.events_file_missing:
         out.append("no kernel events recorded: causes come from timing, counters and records only")
     if not frames.counters.series:
         out.append("no counters.parquet: listen overflows and the TIME_WAIT census are unknown")
@@ -173,7 +174,8 @@ def _summary(run, frames, options, latency, ok, median, threshold, expl, causes,
     outcomes = outcomes[outcomes > 0]
     kinds = frames.events["kind"].value_counts()
     kinds = kinds[kinds > 0]
-    matched = int((ctx.ev_ti >= 0).sum())
+    cited = ctx.cands.evidence_frame()["ev_row"].to_numpy()
+    matched = len(np.union1d(np.flatnonzero(ctx.ev_ti >= 0), cited))
     return {
         "run": {"path": str(run.path), "kind": meta.kind, "status": meta.status, "scenario": meta.scenario,
                 "command": " ".join(str(c) for c in meta.command), "kernel": meta.kernel,

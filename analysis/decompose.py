@@ -59,8 +59,10 @@ def explain(ctx: Context) -> Tuple[pd.DataFrame, pd.DataFrame]:
 
     lat = latency[spikes]
     excess = np.maximum(lat - ctx.median_latency_ns, 1)
-    min_ns = ctx.options.min_cause_ms * 1e6
-    listed = share >= min_ns
+    # a cause is named when it accounts for at least min_cause_ms and 2% of the latency (a 5 ms
+    # wait inside a 1 s SYN retransmit is not worth a word)
+    min_ns = np.maximum(ctx.options.min_cause_ms * 1e6, 0.02 * latency[spikes])
+    listed = share >= min_ns[:, None]
     explained = np.where(listed, share, 0).sum(axis=1)
     best = share.argmax(axis=1)
     has_cause = listed[np.arange(len(spikes)), best] & (explained >= ctx.options.min_explained * excess)

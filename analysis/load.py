@@ -69,6 +69,7 @@ class Frames:
     ground_truth: pd.DataFrame
     server_ports: np.ndarray
     source: str = "transactions"  # or "connections" for trace runs without a bench
+    events_file_missing: bool = False
 
 
 def _codes(values: pd.Series, lookup: Dict[str, int]) -> np.ndarray:
@@ -201,7 +202,7 @@ def load(run, need_events: bool = True) -> Frames:
     truth = run.table("ground_truth") if run.has("ground_truth") else None
     return Frames(txn=txn, events=events, server=server, counters=counters,
                   ground_truth=truth if truth is not None else pd.DataFrame(), server_ports=server_ports,
-                  source=source)
+                  source=source, events_file_missing=not run.has("events"))
 
 
 def _counters(df: Optional[pd.DataFrame]) -> Counters:

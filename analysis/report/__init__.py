@@ -82,9 +82,11 @@ def explanations_table(result):
     """explanations.parquet rows in the documented schema (spiketrace.rundir.SCHEMAS)."""
     from spiketrace import rundir
 
+    schema = rundir.SCHEMAS["explanations"]
     df = result.explanations
-    names = rundir.SCHEMAS["explanations"].names
-    return df.reindex(columns=names)
+    if df.empty:  # no spikes: an empty table that still has the documented columns and types
+        return schema.empty_table()
+    return df.reindex(columns=schema.names)
 
 
 def print_summary(result, console) -> None:

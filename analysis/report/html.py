@@ -61,7 +61,7 @@ def render(data: ReportData, plots: Dict[str, str]) -> str:
         f"<h1>{esc(data.title)}</h1>",
         _table(["", ""], [
             ["scenario", esc(run["scenario"])],
-            ["run", esc(f"{run['kind']}, status {run['status']}")],
+            ["recorded by", esc(f"spiketrace {run['kind']}, status {run['status']}")],
             ["command", f"<code>{esc(run['command'])}</code>"],
             ["kernel", esc(f"{run['kernel']} ({run['distro']}), BCC {run['bcc_version'] or '?'}")],
             ["started / ended", esc(f"{run['started']} / {run['ended']}")],

@@ -27,7 +27,7 @@ def render(data: ReportData) -> str:
     c, run = data.counts, data.run
     lines = [f"# spiketrace report: {_cell(run['path'])}", ""]
     lines += _table(["", ""], [
-        ["scenario", run["scenario"]], ["run", f"{run['kind']}, status {run['status']}"],
+        ["scenario", run["scenario"]], ["recorded by", f"spiketrace {run['kind']}, status {run['status']}"],
         ["command", run["command"]], ["kernel", f"{run['kernel']} ({run['distro']})"],
         ["started", run["started"]], ["transactions", f"{c['transactions']:,} ({c['ok']:,} ok)"],
         ["spikes", f"{c['spikes']:,} ({data.options['spike_rule']})"],

@@ -18,12 +18,15 @@ def render(data: ReportData, console: Console) -> None:
     c = data.counts
     run = data.run
     console.print(f"[bold]{escape(run['path'])}[/]  scenario {escape(str(run['scenario']))}, "
-                  f"{escape(str(run['kind']))} run, status {escape(str(run['status']))}, kernel {escape(str(run['kernel']))}")
+                  f"recorded by `spiketrace {escape(str(run['kind']))}`, status {escape(str(run['status']))}, "
+                  f"kernel {escape(str(run['kernel']))}")
     lost = c["lost_events"]
     lost_text = f"[red]{lost:,} lost[/]" if lost else ("0 lost" if c["counts_recorded"] else "lost: unknown")
     console.print(f"{c['transactions']:,} transactions ({c['ok']:,} ok), {c['spikes']:,} spikes "
                   f"({escape(data.options['spike_rule'])}), {c['events']:,} kernel events ({lost_text}), "
                   f"{c['events_matched']:,} joined to a transaction")
+    if run.get("source") == "connections":
+        console.print("(no bench records: the kernel's connections stand in for transactions)")
 
     lat = Table(title="Latency (ok transactions)", show_header=True, header_style="bold")
     for name, _ in data.latency:
