@@ -53,6 +53,7 @@ def evaluate(truth: pd.DataFrame, txn: pd.DataFrame, server_ports: np.ndarray, s
     dport = truth["dport"].to_numpy(dtype=np.int64)
     client_port = np.where(np.isin(sport, server_ports) & ~np.isin(dport, server_ports), dport, sport)
     marked = {}  # cause -> set of transaction indices
+    everyone_causes = set()  # causes injected into every transaction (sport 0)
     everyone = client_port == 0
     hit = asof_interval(np.where(everyone, -1, client_port), truth["t_ns"].to_numpy(),
                         txn["local_port"].to_numpy(dtype=np.int64), txn["t_start"].to_numpy() - slack_ns,
@@ -63,6 +64,7 @@ def evaluate(truth: pd.DataFrame, txn: pd.DataFrame, server_ports: np.ndarray, s
     for cause, ti, all_ in zip(truth["cause"], hit, everyone):
         bucket = marked.setdefault(cause, set())
         if all_:
+            everyone_causes.add(cause)
             bucket.update(spikes.tolist())
         elif ti >= 0:
             bucket.add(int(ti))
@@ -77,7 +79,8 @@ def evaluate(truth: pd.DataFrame, txn: pd.DataFrame, server_ports: np.ndarray, s
             continue
         t, p = marked[cause] & slow, predicted.get(cause, set())
         tp = len(t & p)
-        rows.append({"cause": cause, "injected": len(marked[cause]), "truth": len(t), "predicted": len(p), "tp": tp,
+        injected = len(txn) if cause in everyone_causes else len(marked[cause])
+        rows.append({"cause": cause, "injected": injected, "truth": len(t), "predicted": len(p), "tp": tp,
                      "fp": len(p - t), "fn": len(t - p),
                      "precision": tp / len(p) if p else None, "recall": tp / len(t) if t else None})
     return pd.DataFrame(rows), warnings

@@ -9,6 +9,7 @@ from analysis import facts
 from analysis.context import Context, fmt_ns, fmt_rel
 from analysis.join import pid_overlaps
 
+EXCHANGES = (("t_connected", "t_reply1"), ("t_reply1", "t_reply2"))
 _EXCHANGE = np.array(["set-up", "the first exchange", "the second exchange", "the close"], dtype=object)
 
 
@@ -170,10 +171,10 @@ def detect_delayed_ack(ctx: Context) -> None:
     stalled = set(zip(retrans["ti"].to_numpy().tolist(), r_phase.tolist()))
     lo = (facts.DELACK_MIN_MS - 8) * 1e6
     hi = (facts.DELACK_MAX_MS + 20) * 1e6
-    for phase, (c0, c1) in enumerate((("t_connected", "t_reply1"), ("t_reply1", "t_reply2")), start=1):
+    base = normal_exchange_ns(txn, ok)
+    for phase, (c0, c1) in enumerate(EXCHANGES, start=1):
         start, stop = txn[c0].to_numpy(), txn[c1].to_numpy()
         reached = (start > 0) & (stop >= start)
-        base = float(np.median((stop - start)[reached & ok])) if (reached & ok).any() else 0.0
         dur = (stop - start)[ti]
         excess = dur - base
         cand = reached[ti] & (excess >= lo) & (excess <= hi)
@@ -189,3 +190,37 @@ def detect_delayed_ack(ctx: Context) -> None:
                      f"stall before the {which} reply (no retransmit; inferred from timing)." for e in ex]
         shorts = [f"a Nagle/delayed-ACK stall of {fmt_ns(e)}" for e in ex]
         ctx.cands.add(sel, "delayed_ack", f"exchange{phase}", b - ex, b, sentences, shorts, inferred=True)
+
+
+def normal_exchange_ns(txn, ok: np.ndarray) -> float:
+    """The time of an exchange without a stall: the faster of the two exchanges' medians. Both
+    send the same request, and a fresh connection ACKs its first segments at once (quickack),
+    so when *every* transaction stalls in its second exchange the first still shows the normal
+    time."""
+    medians = []
+    for c0, c1 in EXCHANGES:
+        start, stop = txn[c0].to_numpy(), txn[c1].to_numpy()
+        sel = (start > 0) & (stop >= start) & ok
+        if sel.any():
+            medians.append(float(np.median((stop - start)[sel])))
+    return min(medians) if medians else 0.0
+
+
+def systematic_stall(txn, ok: np.ndarray, params) -> str:
+    """A warning when the typical transaction itself stalls like a delayed ACK (so few or no
+    transactions stand out as spikes), with the options that explain each one."""
+    if facts.find_param(params, "nodelay") is True:
+        return ""
+    base = normal_exchange_ns(txn, ok)
+    for phase, (c0, c1) in enumerate(EXCHANGES, start=1):
+        start, stop = txn[c0].to_numpy(), txn[c1].to_numpy()
+        sel = (start > 0) & (stop >= start) & ok
+        if not sel.any():
+            continue
+        excess = float(np.median((stop - start)[sel])) - base
+        if (facts.DELACK_MIN_MS - 8) * 1e6 <= excess <= (facts.DELACK_MAX_MS + 20) * 1e6:
+            split = facts.find_param(params, "split_writes")
+            why = "split writes with Nagle on" if split else "a Nagle/delayed-ACK stall, if requests are split"
+            return (f"the typical transaction stalls {excess / 1e6:.0f} ms in exchange {phase} ({why}): it is "
+                    "the median, so it is not a spike; use --relative 0 --threshold 30ms to explain each one")
+    return ""

@@ -14,7 +14,7 @@ from analysis import accuracy, facts
 from analysis.causes_connect import (detect_port_exhaustion, detect_reset, detect_syn_retransmit,
                                      detect_synack_retransmit)
 from analysis.causes_transfer import (detect_accept_queue_wait, detect_data_retransmit,
-                                      detect_delayed_ack, detect_runq_delay)
+                                      detect_delayed_ack, detect_runq_delay, systematic_stall)
 from analysis.context import ALL_CAUSES, CAUSES, build_context
 from analysis.decompose import explain, summarise_causes
 from analysis.load import Frames, load
@@ -81,6 +81,9 @@ def analyse(run, options: AnalysisOptions = AnalysisOptions()) -> AnalysisResult
     latency = txn["latency_ns"].to_numpy()
     ok = (txn["outcome"] == "ok").to_numpy()
     mask, median, threshold = spike_mask(latency, ok, options)
+    stall = systematic_stall(txn, ok, getattr(run.meta, "params", {}))
+    if stall:
+        warnings.append(stall)
     if options.only_ids is not None:
         mask = np.isin(txn["id"].to_numpy(), np.asarray(list(options.only_ids), dtype=np.int64))
     spikes = np.flatnonzero(mask)

@@ -325,3 +325,23 @@ def test_a_reused_client_port_blames_only_the_transaction_in_time(tmp_path):
     assert by_id.loc[second["id"], "cause"] == "syn_retransmit"
     assert by_id.loc[first["id"], "cause"] == "unexplained"
     assert by_id.loc[first["id"], "syn_retransmit_ns"] == 0
+
+
+def test_a_stall_in_every_transaction_is_flagged_and_explained_on_request(tmp_path):
+    """nagle-delack: every transaction stalls ~43 ms in its second exchange (the first is fast:
+    quickack), so the stall is the median, not a spike; the analysis says so, and explains each
+    one when asked (--relative 0 --threshold 30ms)."""
+    params = {"server": {"backlog": 1}, "client": {"split_writes": True, "nodelay": False}}
+    run = SyntheticRun(tmp_path / "run", params=params)
+    for k in range(30):
+        run.txn(ex1_ms=0.1, ex2_ms=43.1 + 0.01 * k)
+    run.ground_truth("delayed_ack", run.cursor, sport=0)
+    rd = RunDir.open(run.write())
+    result = analyse(rd)
+    assert result.explanations.empty
+    assert any("stalls 43 ms in exchange 2" in w for w in result.warnings)
+    result = analyse(rd, AnalysisOptions(threshold_ms=30, relative=0))
+    assert set(result.explanations["cause"]) == {"delayed_ack"}
+    assert set(result.explanations["cause_detail"]) == {"exchange2"}
+    row = result.accuracy.set_index("cause").loc["delayed_ack"]
+    assert (row.injected, row.recall, row.precision) == (30, 1.0, 1.0)
