@@ -31,6 +31,7 @@ class Timeline:
     rows: List[Dict[str, Any]]  # t_rel_ns, column (client/server/kernel/counter), text
     slow: bool  # a spike under the run's thresholds
     warnings: List[str]
+    threshold_ns: float = 0.0
 
 
 def explain_transaction(run, txn_id: int, options: AnalysisOptions = AnalysisOptions()) -> Timeline:
@@ -80,7 +81,8 @@ def build_timeline(result: AnalysisResult, txn_id: int) -> Timeline:
     if len(result.explanations):
         expl = result.explanations.iloc[0].to_dict()
     slow = bool(row["latency_ns"] >= result.threshold_ns) if result.threshold_ns else True
-    return Timeline(txn=row, explanation=expl, rows=rows, slow=slow, warnings=list(result.warnings))
+    return Timeline(txn=row, explanation=expl, rows=rows, slow=slow, warnings=list(result.warnings),
+                    threshold_ns=result.threshold_ns)
 
 
 def counter_changes(counters, name: str, a: int, b: int):

@@ -50,8 +50,11 @@ def command(run_dir: Path, txn_id: int, threshold: str, relative: str, percentil
         table.add_row(f"{row['t_rel_ns'] / 1e6:.3f}", *cells)
     console.print(table)
     e = tl.explanation
-    if e is not None:
-        label = "Why it was slow" if tl.slow else "Not a spike under these thresholds; its delays"
+    if not tl.slow:
+        console.print(f"Not a spike: {fmt_ns(t['latency_ns'])} is under the spike threshold "
+                      f"({fmt_ns(tl.threshold_ns)}; see --threshold, --relative).")
+    if e is not None and (tl.slow or e["cause"] != "unexplained"):
+        label = "Why it was slow" if tl.slow else "Its delays"
         cause = e["cause"] + (f" ({e['cause_detail']})" if e["cause_detail"] else "")
         console.print(f"[bold]{label}:[/] {escape(cause)}")
         console.print(escape(str(e["sentence"])))

@@ -177,3 +177,36 @@ def test_rows_written_without_some_fields_and_old_parts_missing_a_column(tmp_pat
     result = analyse(RunDir.open(path))
     assert result.explanations["cause"].tolist() == ["syn_retransmit"]
     assert any("no column value2" in w for w in result.warnings)
+
+
+def test_trace_run_without_bench_records_explains_kernel_connections(tmp_path):
+    """`spiketrace trace` runs have connections.parquet, not transactions: the kernel's client
+    connections (open -> close) are explained the same way."""
+    import pandas as pd
+
+    path = tmp_path / "run"
+    rundir.create_run_dir(path)
+    base = 50 * S
+    rows = []
+    for i in range(30):
+        t0 = base + i * 10 * MS
+        slow = i == 12
+        est = t0 + (S if slow else 100_000)
+        rows.append({"netns": 1, "role": "client", "pid": 77, "comm": "app", "saddr": "10.0.0.1",
+                     "sport": 50000 + i, "daddr": "10.0.0.2", "dport": 5432, "t_open": t0,
+                     "t_established": est, "t_first_data": est + 50_000, "t_close": est + 200_000,
+                     "syn_retrans": int(slow), "retrans": 0, "resets": 0, "flags": 0})
+    rundir.write_table(path, "connections", pd.DataFrame(rows))
+    rundir.write_table(path, "events", pd.DataFrame([{
+        "t_ns": base + 12 * 10 * MS + S, "kind": "retransmit", "pid": 0, "comm": "", "netns": 1,
+        "saddr": "10.0.0.1", "sport": 50012, "daddr": "10.0.0.2", "dport": 5432, "state": 2,
+        "new_state": 0, "reason": 0, "value": 1, "value2": 0}]))
+    meta = rundir.new_meta("trace")
+    meta.status = "complete"
+    meta.counts = {"events": 1, "lost_events": 0}
+    rundir.write_meta(path, meta)
+    result = analyse(RunDir.open(path))
+    assert result.explanations["cause"].tolist() == ["syn_retransmit"]
+    assert result.explanations["local_port"].tolist() == [50012]
+    assert result.summary["run"]["source"] == "connections"
+    assert any("connections.parquet" in w for w in result.warnings)
