@@ -1,10 +1,247 @@
-"""`spiketrace bench` (not implemented yet)."""
+"""`spiketrace bench server` / `spiketrace bench client`: the echo benchmark on its own."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
 import click
 
 from spiketrace.errors import SpikeTraceError
 
 
-@click.command(name="bench")
+@click.group(name="bench")
 def command():
-    """Not implemented yet."""
-    raise SpikeTraceError("`spiketrace bench` is not implemented yet")
+    """The echo benchmark of the original question: a server and a load generator that time
+    every connection/transaction (CLOCK_MONOTONIC ns, joinable with kernel events).
+
+    \b
+    Examples:
+      spiketrace bench server --port 9999 &
+      spiketrace bench client -n 100000 --port 9999
+      spiketrace report runs/20261126T140000Z-bench
+    """
+
+
+# --- server ---------------------------------------------------------------------------------
+
+@command.command("server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=9999, show_default=True, help="Port (0 = any free port).")
+@click.option("--backlog", type=int, default=1, show_default=True,
+              help="listen() backlog; the queue holds backlog + 1 connections.")
+@click.option("--linger/--no-linger", default=True, show_default=True,
+              help="SO_LINGER {1, 0} on the listening socket (inherited: close() sends a RST).")
+@click.option("--model", type=click.Choice(["blocking", "threaded", "epoll"]), default="blocking",
+              show_default=True, help="One blocking thread (the original), N threads, or epoll.")
+@click.option("--threads", type=int, default=4, show_default=True, help="Threads for --model threaded.")
+@click.option("--think-ms", type=float, default=0.0, show_default=True,
+              help="Sleep this long before each accept() (a slow server).")
+@click.option("--payload", type=int, default=3000, show_default=True,
+              help="Request size in bytes; must match the client's.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory for server.parquet (one record per connection).")
+def server(host, port, backlog, linger, model, threads, think_ms, payload, duration, out):
+    """Run the echo server in the foreground until Ctrl-C (or --duration).
+
+    Per connection: accept; read the full request; echo it; read the second; echo it; read
+    until EOF; close. With --out, one record per connection goes to OUT/server.parquet.
+
+    \b
+    Examples:
+      spiketrace bench server                          # the original: port 9999, listen(1), SO_LINGER
+      spiketrace bench server --model epoll --backlog 128 --out runs/mine
+      spiketrace bench server --think-ms 5 --duration 60
+    """
+    from bench.server import ServerOptions, serve
+
+    opts = ServerOptions(host=host, port=port, backlog=backlog, linger=linger, model=model,
+                         think_ms=think_ms, payload=payload, threads=threads, duration_s=duration)
+    opts.validate()
+    run_dir = _server_out(out) if out else None
+
+    def ready(actual_port):
+        click.echo(f"Listening on {host}:{actual_port} ({model}, backlog {backlog}, "
+                   f"SO_LINGER {'{1, 0}' if linger else 'off'}, payload {payload} bytes); "
+                   "Ctrl-C to stop", err=True)
+
+    stats = serve(opts, run_dir, on_ready=ready)
+    outcomes = ", ".join(f"{v:,} {k}" for k, v in sorted(stats.outcomes.items()))
+    click.echo(f"Served {stats.connections:,} connections" + (f" ({outcomes})" if outcomes else ""),
+               err=True)
+    if run_dir is not None:
+        _server_meta(run_dir, opts, stats)
+        click.echo(f"Wrote {run_dir / 'server.parquet'}")
+
+
+def _server_out(out: str) -> Path:
+    from spiketrace.rundir import create_run_dir
+
+    return create_run_dir(out, force=True)  # may hold the client's records of the same run
+
+
+def _server_meta(run_dir: Path, opts, stats) -> None:
+    """Add the server's counts to the run's meta.json (creating it if the client has not)."""
+    from spiketrace.rundir import RunMeta, new_meta, write_meta
+    import json
+
+    path = run_dir / "meta.json"
+    try:
+        meta = RunMeta.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        meta = new_meta("bench")
+        meta.status = "complete"
+        meta.ended_wall = _now()
+    meta.params["server"] = dataclasses.asdict(opts)
+    meta.counts["server_connections"] = stats.connections
+    write_meta(run_dir, meta)
+
+
+# --- client ---------------------------------------------------------------------------------
+
+@command.command("client")
+@click.option("-n", "n", type=int, default=1_000_000, show_default=True, help="Transactions.")
+@click.option("-c", "--concurrency", type=int, default=1, show_default=True,
+              help="Worker processes, each one transaction at a time.")
+@click.option("--payload", type=int, default=3000, show_default=True,
+              help='Request size in bytes (the original: "asd" * 1000).')
+@click.option("--rate", type=float, default=None,
+              help="Open loop: start transactions at this total rate (per second); latency is "
+                   "counted from each scheduled start.")
+@click.option("--connect-retry", type=click.Choice(["busy", "backoff"]), default="busy",
+              show_default=True, help="busy: retry connect() at once on the same socket (the "
+                                      "original); backoff: new socket, 1 ms doubling to 100 ms.")
+@click.option("--connect-timeout", type=float, default=10.0, show_default=True,
+              help="Give up a connect after this many seconds of failures.")
+@click.option("--nodelay", is_flag=True, help="Set TCP_NODELAY (disable Nagle).")
+@click.option("--split-writes", is_flag=True,
+              help="Send each request as two writes (shows Nagle / delayed-ACK stalls).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Server address (IPv4).")
+@click.option("--port", type=int, default=9999, show_default=True, help="Server port.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default runs/<UTC time>-bench).")
+@click.option("--force", is_flag=True, help="Replace the transactions of an existing --out.")
+def client(n, concurrency, payload, rate, connect_retry, connect_timeout, nodelay, split_writes,
+           host, port, out, force):
+    """Run N connect/echo/echo/close transactions against the server and record each one.
+
+    Every transaction goes to OUT/transactions.parquet as it completes (in chunks, so memory
+    stays flat); Ctrl-C keeps every completed transaction.
+
+    \b
+    Examples:
+      spiketrace bench client -n 1000000                # the original question's run
+      spiketrace bench client -n 200000 -c 4 --connect-retry backoff
+      spiketrace bench client -n 50000 --rate 2000 --out runs/open-loop
+      spiketrace bench client -n 20000 --split-writes   # Nagle + delayed ACK
+    """
+    from bench.client import ClientOptions, run_clients
+    from bench.summary import LatencySummary
+    from spiketrace.rundir import default_run_dir, new_meta, write_meta
+
+    opts = ClientOptions(host=host, port=port, n=n, concurrency=concurrency, payload=payload,
+                         rate=rate, connect_retry=connect_retry, nodelay=nodelay,
+                         split_writes=split_writes, connect_timeout_s=connect_timeout)
+    opts.validate()
+    path = Path(out) if out else default_run_dir("runs", "bench")
+    created = not path.exists()
+    run_dir = _client_out(path, force)
+    meta = new_meta("bench")
+    meta.params["client"] = dataclasses.asdict(opts)
+    write_meta(run_dir, meta)
+
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with _Progress(n) as progress:
+            result = run_clients(opts, run_dir, on_progress=progress.update)
+    except SpikeTraceError:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            meta.status, meta.ended_wall = "failed", _now()
+            write_meta(run_dir, meta)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+    meta.status = result.status
+    meta.ended_wall = _now()
+    meta.counts.update(transactions=result.transactions, ok=result.ok, failed=result.failed,
+                       slow=result.slow)
+    meta.params["client"]["elapsed_s"] = result.elapsed_s
+    meta.notes.extend(result.errors)
+    write_meta(run_dir, meta)
+
+    summary = LatencySummary.from_run(run_dir)
+    for err in result.errors:
+        click.echo(f"warning: {err}", err=True)
+    if result.interrupted:
+        click.echo(f"Interrupted: kept {result.transactions:,} completed transactions.", err=True)
+    for line in summary.lines(rate=result.rate if result.elapsed_s else None):
+        click.echo(line)
+    click.echo(f"Wrote {run_dir}")
+    click.echo(f"Next: spiketrace report {run_dir}")
+    if result.interrupted:
+        sys.exit(130)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _client_out(path: Path, force: bool) -> Path:
+    """Create the run directory; an existing one may hold only the server's records."""
+    from spiketrace.rundir import create_run_dir
+
+    old = path / "transactions.parquet"
+    if old.is_dir() and any(old.glob("*.parquet")):
+        if not force:
+            raise SpikeTraceError(f"{path} already holds transactions (use --force to replace them)")
+        for part in old.glob("*.parquet"):
+            part.unlink()
+    return create_run_dir(path, force=True)
+
+
+class _Progress:
+    """A rich progress bar fed by run_clients' on_progress(done, slow) with a live rate."""
+
+    def __init__(self, total: int):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.progress = Progress(
+            TextColumn("[bold]bench[/]"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>8,.0f} tx/s"),
+            TextColumn("slow>100ms {task.fields[slow]:,}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=False)
+        self.task = self.progress.add_task("bench", total=total, rate=0.0, slow=0)
+        self._last = (time.monotonic(), 0)
+        self._rate = 0.0
+
+    def update(self, done: int, slow: int) -> None:
+        now = time.monotonic()
+        t0, d0 = self._last
+        if now - t0 >= 0.5:
+            inst = (done - d0) / (now - t0)
+            self._rate = inst if self._rate == 0 else 0.5 * self._rate + 0.5 * inst
+            self._last = (now, done)
+        self.progress.update(self.task, completed=done, rate=self._rate, slow=slow)
+
+    def __enter__(self) -> "_Progress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
