@@ -115,7 +115,16 @@ def explain(ctx: Context) -> Tuple[pd.DataFrame, pd.DataFrame]:
     out["rest_ns"] = (lat - explained).astype(np.int64)
     out["inferred"] = np.array(inferred, dtype=bool)
     out["sentence"] = np.array(sentences, dtype=object)
+    # cite only the evidence of the causes named (a 5 ms run-queue blip inside a 1 s SYN
+    # retransmit is in the timeline of `spiketrace explain`, not in the explanation)
+    if len(evidence):
+        named = pd.DataFrame({"ti": np.repeat(spikes, [len(c.split(",")) for c in cause_lists]),
+                              "cause": [c for cs in cause_lists for c in cs.split(",")]})
+        evidence = evidence.merge(named, on=["ti", "cause"], how="inner")
     ev_lists = _evidence_lists(evidence, spikes, primary, nearest_rows)
+    if nearest_rows:  # an unexplained spike shows its nearest kernel event as evidence
+        near = pd.DataFrame({"ti": list(nearest_rows), "cause": "nearest", "ev_row": list(nearest_rows.values())})
+        evidence = pd.concat([evidence, near], ignore_index=True)
     out["evidence_events"] = ev_lists
     out["server_conn"] = np.where(ctx.txn_srv[spikes] >= 0,
                                   ctx.frames.server["conn_id"].to_numpy()[np.maximum(ctx.txn_srv[spikes], 0)]
