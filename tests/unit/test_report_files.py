@@ -106,3 +106,12 @@ def test_cli_help_has_examples():
     for cmd in (report_cmd, explain_cmd):
         res = CliRunner().invoke(cmd, ["--help"])
         assert res.exit_code == 0 and "Examples:" in res.output
+
+
+def test_report_out_dir_leaves_the_run_directory_untouched(run_path, tmp_path):
+    before = sorted(p.name for p in run_path.iterdir())
+    out = tmp_path / "elsewhere"
+    res = CliRunner().invoke(report_cmd, [str(run_path), "--format", "html,parquet", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in run_path.iterdir()) == before
+    assert (out / "report.html").is_file() and any((out / "explanations.parquet").glob("*.parquet"))
