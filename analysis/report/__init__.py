@@ -32,7 +32,8 @@ def check_formats(formats: Iterable[str]) -> List[str]:
     return formats
 
 
-def _exists(path: Path) -> bool:
+def report_exists(path: Path) -> bool:
+    """A report file, or a table directory holding parts."""
     if path.is_dir():
         return any(path.glob("*.parquet"))
     return path.exists()
@@ -47,7 +48,7 @@ def write_reports(run, result, formats=DEFAULT_FORMATS, force: bool = False, out
     target = Path(out_dir) if out_dir is not None else Path(run.path)
     paths = output_paths(target, formats)
     if not force:
-        existing = [str(p) for p in paths.values() if _exists(p)]
+        existing = [str(p) for p in paths.values() if report_exists(p)]
         if existing:
             raise SpikeTraceError(f"{existing[0]} already exists (use --force to overwrite)")
     try:

@@ -51,7 +51,7 @@ def command(run_dir: Path, threshold: str, relative: str, percentile, formats: s
     from rich.console import Console
 
     from analysis import analyse
-    from analysis.report import check_formats, output_paths, print_summary, write_reports
+    from analysis.report import check_formats, output_paths, print_summary, report_exists, write_reports
     from spiketrace.rundir import RunDir
 
     chosen = check_formats(formats.split(","))
@@ -60,7 +60,7 @@ def command(run_dir: Path, threshold: str, relative: str, percentile, formats: s
     target = out_dir if out_dir is not None else run.path
     if not force:
         for path in output_paths(target, chosen).values():
-            if path.exists():
+            if report_exists(path):
                 raise SpikeTraceError(f"{path} already exists (use --force to overwrite)")
     err = Console(stderr=True)
     with err.status(f"Analysing {run.path} ..."):
