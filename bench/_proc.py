@@ -59,9 +59,9 @@ def enter_netns(name: Optional[str]) -> None:
     """Enter the network namespace `name` (no-op for None). Must run before sockets are made."""
     if not name:
         return
-    from pyroute2 import netns
+    from spiketrace.netns import enter_netns as enter
 
-    netns.setns(name)
+    enter(name)  # never creates a namespace: a missing one is an error, not a new empty one
 
 
 class StopHandler:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import time
 from pathlib import Path
@@ -46,8 +47,17 @@ class RunOutcome:
     wrote: List[Path] = dataclasses.field(default_factory=list)
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
+def _terminate_handler(owner_pid: int):
+    """A SIGTERM handler that stops the run in the orchestrator itself. Libraries fork helper
+    processes (pyroute2 does, for namespaces) that inherit it; in those it must not unwind the
+    copied orchestrator stack (that would tear down the namespace), so it just dies."""
+    def handler(signum, frame):
+        if os.getpid() != owner_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated()
+    return handler
 
 
 def build_options(opts: RunOptions):
@@ -94,7 +104,7 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
 
     status, started, bench_elapsed = "failed", time.monotonic(), 0.0
     stats_box: List[Any] = []  # the tracer's statistics, filled by its teardown
-    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_term = signal.signal(signal.SIGTERM, _terminate_handler(os.getpid()))
     try:
         with contextlib.ExitStack() as stack:
             stage(f"creating network namespace for scenario '{scenario.name}'")
