@@ -304,7 +304,7 @@ def _unreachable_message(opts: ClientOptions, err: int) -> str:
     why = os.strerror(err) if err else "no answer"
     hint = ""
     if err == errno.ECONNREFUSED:
-        hint = f" (is the server running? start it with `spiketrace bench server --port {opts.port}`)"
+        hint = f"; is the server running? Start it with `spiketrace bench server --port {opts.port}`"
     return (f"cannot connect to {opts.host}:{opts.port}: {why} for {opts.connect_timeout_s:g} s "
             f"(--connect-timeout){hint}")
 

@@ -165,7 +165,7 @@ def _serve_blocking(lsock: socket.socket, opts: ServerOptions, buf: RowBuffer,
         t_acc = mono()
         t_rq1 = t_rp1 = t_rq2 = t_rp2 = t_eof = 0
         got = 0
-        outcome = OK
+        outcome, stopped = OK, None
         try:
             got = readv(fd, into_req)
             if got < P:
@@ -199,12 +199,16 @@ def _serve_blocking(lsock: socket.socket, opts: ServerOptions, buf: RowBuffer,
             outcome = RESET
         except OSError:
             outcome = ERROR
+        except Stop as exc:  # stopped in mid-connection: keep what it reached
+            outcome, stopped = ERROR, exc
         finally:
             close(fd)
         t_close = mono()
         record((conn_id, addr[0], addr[1], t_acc, t_rq1, t_rp1, t_rq2, t_rp2, t_eof, t_close,
                 got, outcome))
         conn_id += id_step
+        if stopped is not None:
+            raise stopped
         if len(rows) >= flush_at:
             if stop is not None:
                 with stop.critical():
@@ -298,6 +302,17 @@ def _serve_epoll(lsock: socket.socket, opts: ServerOptions, buf: RowBuffer,
                 if conn.out is not None:
                     return
 
+    try:
+        _epoll_loop(ep, lsock, lfd, conns, think, P, mono, readable, send_reply, finish)
+    except Stop:
+        for conn in list(conns.values()):  # stopped in mid-connection: keep what they reached
+            finish(conn, ERROR)
+        raise
+    finally:
+        ep.close()
+
+
+def _epoll_loop(ep, lsock, lfd, conns, think, P, mono, readable, send_reply, finish) -> None:
     while True:
         for fd, mask in ep.poll():
             if fd == lfd:
@@ -329,11 +344,9 @@ def _serve_epoll(lsock: socket.socket, opts: ServerOptions, buf: RowBuffer,
                 finish(conn, ERROR)
 
 
-def _serve_threaded(lsock: socket.socket, opts: ServerOptions, run_dir, port: int,
-                    stop: StopHandler) -> List[RowBuffer]:
+def _serve_threaded(lsock: socket.socket, opts: ServerOptions, bufs: List[RowBuffer]) -> None:
     """`threads` threads each run the blocking loop on the shared listening socket."""
     halt = threading.Event()
-    bufs = [_buffer(run_dir, w, port) for w in range(opts.threads)]
     threads = [threading.Thread(target=_serve_blocking, args=(lsock, opts, b, None, halt, opts.threads),
                                 name=f"server-{w}", daemon=True) for w, b in enumerate(bufs)]
     for t in threads:
@@ -350,7 +363,6 @@ def _serve_threaded(lsock: socket.socket, opts: ServerOptions, run_dir, port: in
         deadline = time.monotonic() + 2.0
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
-    return bufs
 
 
 def serve(opts: ServerOptions, run_dir: Optional[os.PathLike] = None,
@@ -366,7 +378,7 @@ def serve(opts: ServerOptions, run_dir: Optional[os.PathLike] = None,
     stop = stop or StopHandler().install()
     lsock = open_listener(opts)
     port = lsock.getsockname()[1]
-    bufs = [_buffer(run_dir, 0, port)] if opts.model != "threaded" else []
+    bufs = [_buffer(run_dir, w, port) for w in range(opts.threads if opts.model == "threaded" else 1)]
     from bench._records import quiet_gc
 
     quiet_gc()
@@ -381,7 +393,7 @@ def serve(opts: ServerOptions, run_dir: Optional[os.PathLike] = None,
         elif opts.model == "epoll":
             _serve_epoll(lsock, opts, bufs[0], stop)
         else:
-            bufs = _serve_threaded(lsock, opts, run_dir, port, stop)
+            _serve_threaded(lsock, opts, bufs)
     except Stop:
         pass
     finally:

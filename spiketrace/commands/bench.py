@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import os
 import shutil
 import signal
 import sys
@@ -243,5 +242,7 @@ class _Progress:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
+            self.progress.live.transient = True  # an error message follows: no stale bar
         self.progress.stop()

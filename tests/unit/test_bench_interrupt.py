@@ -1,0 +1,89 @@
+"""Stopping a client run early keeps every completed transaction on disk: Ctrl-C (SIGINT to the
+whole process group), SIGTERM to the parent, and SIGKILL of the parent (the workers get SIGTERM
+from PR_SET_PDEATHSIG). The server's own records are the ground truth: every connection it
+served completely must be in the client's table, except at most the one in flight per worker."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.server import ServerOptions, start_server_process
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKERS = 2
+
+
+def _children(pid: int):
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _wait_gone(pids, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if Path(f"/proc/{p}").exists()
+                 and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]]
+        if not alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes still alive: {alive}")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm-parent", "sigkill-parent"])
+def test_stopping_a_run_keeps_completed_transactions(tmp_path, how):
+    out = tmp_path / "run"
+    server_dir = tmp_path / "server"
+    # think_ms keeps the rate low so a 1,000,000-transaction run is surely in progress
+    with start_server_process(ServerOptions(port=0, think_ms=1.0, backlog=16), server_dir) as server:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spiketrace.cli", "bench", "client", "-n", "1000000",
+             "-c", str(WORKERS), "--port", str(server.port), "--out", str(out)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        try:
+            time.sleep(3.0)
+            workers = [p for p in _children(proc.pid)]
+            assert proc.poll() is None, proc.communicate()
+            if how == "ctrl-c":
+                os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+            elif how == "sigterm-parent":
+                proc.send_signal(signal.SIGTERM)
+            else:
+                proc.kill()
+            stdout, stderr = proc.communicate(timeout=30)
+            _wait_gone(workers)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        server.stop()
+
+    tx = pd.read_parquet(out / "transactions.parquet")
+    sv = pd.read_parquet(server_dir / "server.parquet")
+    served = set(sv.loc[sv["outcome"] == "ok", "peer_port"])
+    assert len(tx) > 100, "the run made too little progress to test anything"
+    assert (tx["outcome"] == "ok").all()
+    assert set(tx["local_port"]) <= served
+    assert len(tx) >= len(served) - WORKERS
+    assert tx["id"].is_unique and sorted(tx["worker"].unique()) == list(range(WORKERS))
+
+    meta = json.loads((out / "meta.json").read_text())
+    if how == "sigkill-parent":
+        assert meta["status"] == "running"  # nobody left to say otherwise; the rows are there
+    else:
+        assert proc.returncode == 130, stderr
+        assert meta["status"] == "interrupted"
+        assert meta["counts"]["transactions"] == len(tx)
+        assert "Traceback" not in stderr
+        assert f"Wrote {out}" in stdout and f"spiketrace report {out}" in stdout
