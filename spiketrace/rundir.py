@@ -184,12 +184,29 @@ def default_run_dir(base: os.PathLike | str, scenario: str) -> Path:
     return path
 
 
+# What a run directory may hold besides its tables; `create_run_dir(force=True)` removes these
+# and the tables (and nothing else) so an old run's parts never mix with a new run's.
+RUN_FILES = ("meta.json", "summary.json", "report.md", "report.html")
+
+
 def create_run_dir(path: os.PathLike | str, force: bool = False) -> Path:
-    """Create an empty run directory; refuse to reuse a non-empty one without `force`."""
+    """Create an empty run directory; refuse to reuse a non-empty one without `force`, and with
+    it, remove the previous run's files first."""
+    import shutil
+
     path = Path(path)
     try:
-        if path.exists() and any(path.iterdir()) and not force:
-            raise SpikeTraceError(f"{path} already exists and is not empty (use --force to overwrite)")
+        if path.exists() and any(path.iterdir()):
+            if not force:
+                raise SpikeTraceError(f"{path} already exists and is not empty (use --force to overwrite)")
+            for name in RUN_FILES:
+                (path / name).unlink(missing_ok=True)
+            for table in SCHEMAS:
+                target = path / f"{table}.parquet"
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
         probe.write_bytes(b"")

@@ -105,7 +105,10 @@ def test_refuses_to_reuse_a_non_empty_directory(tmp_path):
     (tmp_path / "x" / "f").write_text("")
     with pytest.raises(SpikeTraceError, match="--force"):
         rundir.create_run_dir(tmp_path / "x")
-    rundir.create_run_dir(tmp_path / "x", force=True)
+    _write_run(tmp_path / "y", 10)
+    (tmp_path / "y" / "mine.txt").write_text("not ours")
+    rundir.create_run_dir(tmp_path / "y", force=True)
+    assert sorted(p.name for p in (tmp_path / "y").iterdir()) == ["mine.txt"]
 
 
 def test_sigkilled_writer_keeps_every_flushed_part(tmp_path):
