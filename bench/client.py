@@ -316,9 +316,11 @@ def run_clients(opts: ClientOptions, run_dir: os.PathLike, netns: Optional[str] 
     """Run the load; return when all workers finished (or were stopped) and flushed.
 
     `on_start(pids)` runs once every worker is ready, before any transaction; `on_progress(done,
-    slow)` every `poll_s`; `stop_event` (anything with `is_set()`) ends the run early. Ctrl-C
-    (KeyboardInterrupt) stops the workers, keeps what they completed and returns with
-    `interrupted=True`. Raises `SpikeTraceError` for bad options or an unreachable server.
+    slow)` every `poll_s`; `stop_event` (anything with `is_set()`) ends the run early
+    (`stopped=True`). Any exception in the caller's thread (KeyboardInterrupt, a SIGTERM
+    handler's exception) first stops the workers and waits until they flushed what they
+    completed, then propagates. A worker that dies sets `interrupted=True` and an `errors` line.
+    Raises `SpikeTraceError` for bad options or a server unreachable from the start.
     """
     opts.validate()
     run_dir = Path(run_dir)
@@ -357,9 +359,7 @@ def run_clients(opts: ClientOptions, run_dir: os.PathLike, netns: Optional[str] 
                 w = states.index(S_UNREACHABLE)
                 unreachable = status[w * STATUS_SLOTS + ST_ERRNO] or errno.ETIMEDOUT
                 _signal_all(procs, signal.SIGTERM)
-    except KeyboardInterrupt:
-        result.interrupted = True
-    finally:
+    finally:  # also on KeyboardInterrupt: every worker flushes before the exception goes on
         _signal_all(procs, signal.SIGTERM)
         _join_all(procs)
     states = status[ST_STATE::STATUS_SLOTS]

@@ -156,9 +156,12 @@ def client(n, concurrency, payload, rate, connect_retry, connect_timeout, nodela
     write_meta(run_dir, meta)
 
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    result, interrupted = None, False
     try:
         with _Progress(n) as progress:
             result = run_clients(opts, run_dir, on_progress=progress.update)
+    except KeyboardInterrupt:  # the workers have flushed: report what is on disk
+        interrupted = True
     except SpikeTraceError:
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -169,24 +172,28 @@ def client(n, concurrency, payload, rate, connect_retry, connect_timeout, nodela
     finally:
         signal.signal(signal.SIGTERM, old_term)
 
-    meta.status = result.status
+    summary = LatencySummary.from_run(run_dir)
+    interrupted = interrupted or (result is not None and result.interrupted)
+    meta.status = "interrupted" if interrupted else "complete"
     meta.ended_wall = _now()
-    meta.counts.update(transactions=result.transactions, ok=result.ok, failed=result.failed,
-                       slow=result.slow)
-    meta.params["client"]["elapsed_s"] = result.elapsed_s
-    meta.notes.extend(result.errors)
+    meta.counts.update(transactions=summary.transactions, ok=summary.ok,
+                       failed=summary.transactions - summary.ok, slow=summary.slow)
+    errors = result.errors if result is not None else []
+    if result is not None:
+        meta.params["client"]["elapsed_s"] = result.elapsed_s
+    meta.notes.extend(errors)
     write_meta(run_dir, meta)
 
-    summary = LatencySummary.from_run(run_dir)
-    for err in result.errors:
+    for err in errors:
         click.echo(f"warning: {err}", err=True)
-    if result.interrupted:
-        click.echo(f"Interrupted: kept {result.transactions:,} completed transactions.", err=True)
-    for line in summary.lines(rate=result.rate if result.elapsed_s else None):
+    if interrupted:
+        click.echo(f"Interrupted: kept {summary.transactions:,} completed transactions.", err=True)
+    rate = result.rate if result is not None and result.elapsed_s > 0 else None
+    for line in summary.lines(rate=rate):
         click.echo(line)
     click.echo(f"Wrote {run_dir}")
     click.echo(f"Next: spiketrace report {run_dir}")
-    if result.interrupted:
+    if interrupted:
         sys.exit(130)
 
 
