@@ -42,8 +42,11 @@ TRACER_OFFSETS: Dict[str, str] = {
     "OFF_SKC_V6_DADDR": "sock_common.skc_v6_daddr",
     "OFF_SKC_V6_RCV_SADDR": "sock_common.skc_v6_rcv_saddr",
     "OFF_SKC_NET": "sock_common.skc_net",
+    "OFF_INET_SPORT": "inet_sock.inet_sport",
     "OFF_NET_INUM": "net.ns.inum",
     "OFF_TASK_NSPROXY": "task_struct.nsproxy",
+    "OFF_TASK_PID": "task_struct.pid",
+    "OFF_TASK_COMM": "task_struct.comm",
     "OFF_NSPROXY_NET_NS": "nsproxy.net_ns",
     "OFF_TASK_FILES": "task_struct.files",
     "OFF_FILES_FDT": "files_struct.fdt",
@@ -55,6 +58,8 @@ TRACER_OFFSETS: Dict[str, str] = {
     "OFF_SKB_DEV": "sk_buff.dev",
     "OFF_SKB_HEAD": "sk_buff.head",
     "OFF_SKB_NETWORK_HEADER": "sk_buff.network_header",
+    "OFF_SKB_PROTOCOL": "sk_buff.protocol",
+    "OFF_SK_PROTOCOL": "sock.sk_protocol",
     "OFF_DEV_ND_NET": "net_device.nd_net",
 }
 
@@ -90,14 +95,16 @@ class Btf:
     def _index(self, type_len: int) -> None:
         data, pos, end = self._data, self._types_at, self._types_at + type_len
         unpack = struct.unpack_from
-        wanted = (_STRUCT, _UNION, _ENUM, _ENUM64)
+        wanted = (_STRUCT, _UNION, _ENUM, _ENUM64, _TYPEDEF)
         while pos < end:
             name_off, info, _ = unpack("<III", data, pos)
             kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
             self._offsets.append(pos)
             if kind in wanted and name_off:
-                self._by_name.setdefault((kind if kind != _UNION else _STRUCT, self._str(name_off)),
-                                         len(self._offsets) - 1)
+                name = self._str(name_off)
+                if kind != _TYPEDEF or name.startswith("btf_trace_"):
+                    self._by_name.setdefault((kind if kind != _UNION else _STRUCT, name),
+                                             len(self._offsets) - 1)
             fixed, per_item = _TRAILER.get(kind, (0, 0))
             pos += 12 + fixed + per_item * vlen
 
@@ -120,12 +127,14 @@ class Btf:
             tid = ref
 
     def _members(self, tid: int) -> Iterable[Tuple[str, int, int]]:
-        """(name, type id, byte offset) of each member of struct/union `tid`."""
+        """(name, type id, byte offset) of each member of struct/union `tid`; a bitfield's
+        offset is -1 (no byte offset to read it at)."""
         kind, vlen, kflag, _, pos = self._type(tid)
         for i in range(vlen):
             name_off, mtype, moff = struct.unpack_from("<III", self._data, pos + 12 + 12 * i)
             bits = moff & 0xFFFFFF if kflag else moff
-            yield (self._str(name_off) if name_off else ""), mtype, bits // 8
+            bitfield = kflag and moff >> 24
+            yield (self._str(name_off) if name_off else ""), mtype, -1 if bitfield else bits // 8
 
     def _find_member(self, tid: int, name: str) -> Optional[Tuple[int, int]]:
         """(byte offset, type id) of member `name`, looking through anonymous members."""
@@ -154,9 +163,23 @@ class Btf:
             found = self._find_member(tid, member)
             if found is None:
                 raise SpikeTraceError(f"BTF: struct member '{path}' not found in this kernel")
+            if found[0] < 0:
+                raise SpikeTraceError(f"BTF: '{path}' is a bitfield in this kernel")
             total += found[0]
             tid = self._resolve(found[1])
         return total
+
+    def trace_nargs(self, event: str) -> Optional[int]:
+        """Arguments of raw tracepoint `event` (its TP_PROTO), None if BTF does not know it."""
+        tid = self._by_name.get((_TYPEDEF, f"btf_trace_{event}"))
+        if tid is None:
+            return None
+        kind, _, _, ref, _ = self._type(self._resolve(tid))
+        if kind == _PTR:
+            kind, vlen, _, _, _ = self._type(self._resolve(ref))
+            if kind == _FUNC_PROTO:
+                return vlen - 1  # the first parameter is the tracepoint's private data
+        return None
 
     def enum(self, name: str) -> Dict[int, str]:
         """Value -> name of the enumerators of `enum name`."""
@@ -188,9 +211,16 @@ def vmlinux() -> Btf:
 
 
 def tracer_offsets(btf: Optional[Btf] = None) -> Dict[str, int]:
-    """Every offset the BPF programs need, as define name -> bytes."""
+    """The offsets the BPF programs need, as define name -> bytes; members this kernel lacks
+    (or has as bitfields) are left out, and probes that need them are not chosen."""
     btf = btf or vmlinux()
-    return {define: btf.offset(path) for define, path in TRACER_OFFSETS.items()}
+    out = {}
+    for define, path in TRACER_OFFSETS.items():
+        try:
+            out[define] = btf.offset(path)
+        except SpikeTraceError:
+            pass
+    return out
 
 
 def drop_reason_names(btf: Optional[Btf] = None) -> Dict[int, str]:

@@ -26,11 +26,19 @@ _TUPLE = ("sport", "dport", "family", "saddr", "daddr", "saddr_v6", "daddr_v6")
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    backend: str  # tracepoint | kprobe | kretprobe | inferred
-    # tracepoint: ("category:event", fn, required fields); kprobe: (kernel function, fn, ())
+    backend: str  # raw_tracepoint | tracepoint | kprobe | kretprobe | inferred
+    # tracepoint: ("category:event", fn, required fields); raw_tracepoint: ("event", fn, ());
+    # kprobe: (kernel function, fn, ())
     attach: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = ()
     define: str = ""  # -D<define> compiles this variant in
     needs: str = ""   # another evidence that must be available (inferred / derived)
+    min_args: int = 0  # raw_tracepoint: TP_PROTO arguments the program reads
+    offsets: Tuple[str, ...] = ()  # BTF offsets (tracer.btf.TRACER_OFFSETS) it reads
+
+
+def _raw(event: str, define: str, min_args: int, *offsets: str) -> Candidate:
+    return Candidate("raw_tracepoint", ((event, f"raw_{event}", ()),), define,
+                     min_args=min_args, offsets=offsets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,18 +53,21 @@ def _tp(event: str, fn: str, fields: Sequence[str]) -> Tuple[str, str, Tuple[str
 
 EVIDENCE: Tuple[Evidence, ...] = (
     Evidence("state_change", (
+        _raw("inet_sock_set_state", "USE_RAW_STATE_CHANGE", 3, "OFF_SK_PROTOCOL"),
         Candidate("tracepoint", (_tp("sock:inet_sock_set_state", "tp_inet_sock_set_state",
                                      ("skaddr", "oldstate", "newstate", "protocol") + _TUPLE),),
                   "USE_TP_STATE_CHANGE"),
         Candidate("kprobe", (("tcp_set_state", "kp_tcp_set_state", ()),), "USE_KP_STATE_CHANGE"),
     )),
     Evidence("retransmit", (
+        _raw("tcp_retransmit_skb", "USE_RAW_RETRANSMIT", 2),
         Candidate("tracepoint", (_tp("tcp:tcp_retransmit_skb", "tp_tcp_retransmit_skb",
                                      ("skaddr", "state") + _TUPLE),), "USE_TP_RETRANSMIT"),
         Candidate("kprobe", (("tcp_retransmit_skb", "kp_tcp_retransmit_skb", ()),),
                   "USE_KP_RETRANSMIT"),
     )),
     Evidence("synack_retransmit", (
+        _raw("tcp_retransmit_synack", "USE_RAW_SYNACK_RETRANSMIT", 2),
         Candidate("tracepoint", (_tp("tcp:tcp_retransmit_synack", "tp_tcp_retransmit_synack",
                                      ("skaddr",) + _TUPLE),), "USE_TP_SYNACK_RETRANSMIT"),
         Candidate("kprobe", (("tcp_rtx_synack", "kp_tcp_rtx_synack", ()),),
@@ -75,18 +86,21 @@ EVIDENCE: Tuple[Evidence, ...] = (
                   "USE_TP_ACCEPT_WAIT", needs="state_change"),
     )),
     Evidence("reset_sent", (
+        _raw("tcp_send_reset", "USE_RAW_RESET_SENT", 2, "OFF_SKB_PROTOCOL"),
         Candidate("tracepoint", (_tp("tcp:tcp_send_reset", "tp_tcp_send_reset",
                                      ("skbaddr", "skaddr", "saddr", "daddr")),),
-                  "USE_TP_RESET_SENT"),
+                  "USE_TP_RESET_SENT", offsets=("OFF_SKB_PROTOCOL",)),
     )),
     Evidence("reset_received", (
+        _raw("tcp_receive_reset", "USE_RAW_RESET_RECEIVED", 1),
         Candidate("tracepoint", (_tp("tcp:tcp_receive_reset", "tp_tcp_receive_reset",
                                      ("skaddr",) + _TUPLE),), "USE_TP_RESET_RECEIVED"),
     )),
     Evidence("drop", (
+        _raw("kfree_skb", "USE_RAW_DROP", 3, "OFF_SKB_PROTOCOL"),
         Candidate("tracepoint", (_tp("skb:kfree_skb", "tp_kfree_skb",
                                      ("skbaddr", "location", "protocol")),),
-                  "USE_TP_DROP"),
+                  "USE_TP_DROP", offsets=("OFF_SKB_PROTOCOL",)),
     )),
     Evidence("connect_error", (
         Candidate("tracepoint", (_tp("syscalls:sys_enter_connect", "tp_sys_enter_connect",
@@ -95,6 +109,10 @@ EVIDENCE: Tuple[Evidence, ...] = (
                   "USE_TP_CONNECT_ERROR"),
     )),
     Evidence("runq_delay", (
+        Candidate("raw_tracepoint", (("sched_wakeup", "raw_sched_wakeup", ()),
+                                     ("sched_wakeup_new", "raw_sched_wakeup_new", ()),
+                                     ("sched_switch", "raw_sched_switch", ())),
+                  "USE_RAW_RUNQ_DELAY", min_args=1, offsets=("OFF_TASK_PID", "OFF_TASK_COMM")),
         Candidate("tracepoint", (_tp("sched:sched_wakeup", "tp_sched_wakeup", ("pid",)),
                                  _tp("sched:sched_wakeup_new", "tp_sched_wakeup_new", ("pid",)),
                                  _tp("sched:sched_switch", "tp_sched_switch",
@@ -102,6 +120,8 @@ EVIDENCE: Tuple[Evidence, ...] = (
                   "USE_TP_RUNQ_DELAY"),
     )),
 )
+
+_RAW_MIN_ARGS = {"sched_switch": 4}  # prev_state became an argument in Linux 5.18
 
 EVIDENCE_NAMES = tuple(e.name for e in EVIDENCE)
 
@@ -178,10 +198,40 @@ def _tp_defines(event: str, fields: Dict[str, Tuple[int, int]]) -> Dict[str, int
             if re.fullmatch(r"\w+", f)}
 
 
+def raw_tracepoints_available() -> bool:
+    """Raw tracepoint programs (Linux 4.17+) as far as BCC can tell."""
+    try:
+        from bcc import BPF
+
+        return bool(BPF.support_raw_tracepoint())
+    except Exception:
+        return False
+
+
 def _try(cand: Candidate, root: str, have_kprobes: bool) -> Tuple[Optional[Dict[str, int]], str]:
     """The defines this candidate needs, or None and why it cannot be used."""
+    from tracer import btf
+
     defines: Dict[str, int] = {}
-    if cand.backend == "tracepoint":
+    try:
+        kernel = btf.vmlinux() if cand.offsets or cand.backend == "raw_tracepoint" else None
+        have = btf.tracer_offsets(kernel) if kernel is not None else {}
+    except SpikeTraceError as exc:
+        return None, str(exc)
+    missing = [o for o in cand.offsets if o not in have]
+    if missing:
+        return None, f"BTF lacks {', '.join(btf.TRACER_OFFSETS[o] for o in missing)}"
+    if cand.backend == "raw_tracepoint":
+        if not raw_tracepoints_available():
+            return None, "no raw tracepoints (Linux < 4.17 or BCC without them)"
+        for event, _fn, _ in cand.attach:
+            nargs = kernel.trace_nargs(event)
+            if nargs is None:
+                return None, f"no raw tracepoint {event} in BTF"
+            if nargs < _RAW_MIN_ARGS.get(event, cand.min_args):
+                return None, f"raw tracepoint {event} has {nargs} argument(s), needs {cand.min_args}"
+            defines[f"RAW_{event}_NARGS"] = nargs
+    elif cand.backend == "tracepoint":
         for event, _fn, required in cand.attach:
             fields = tracepoint_fields(event, root)
             if fields is None:

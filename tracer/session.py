@@ -28,7 +28,7 @@ from spiketrace.errors import SpikeTraceError
 from tracer import btf, events, probes
 
 BPF_DIR = Path(__file__).parent / "bpf"
-SOURCES = ("tcp.c", "syscalls.c", "sched.c")
+SOURCES = ("tcp.c", "rawtp.c", "syscalls.c", "sched.c")
 KPROBE_SOURCE = "kprobes.c"
 POLL_INTERVAL_S = 0.05     # consumer period (records are sent without wakeups)
 FLUSH_INTERVAL_S = 5.0     # tables reach disk at least this often
@@ -190,8 +190,10 @@ class Tracer:
     """Kernel evidence of TCP latency spikes for one run (see module docstring)."""
 
     def __init__(self, config: TracerConfig, run_dir: Optional[Path],
-                 on_event: Optional[Callable[[dict], None]] = None):
+                 on_event: Optional[Callable[[dict], None]] = None,
+                 force: Optional[Dict[str, str]] = None):
         self.config = config
+        self.force = force  # evidence -> backend, to test a fallback where the default works
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.on_event = on_event
         self.probes: Dict[str, str] = {}
@@ -201,6 +203,8 @@ class Tracer:
         self.drop_reasons: Dict[int, str] = {}
         self.reset_reasons: Dict[int, str] = {}
         self._bpf = None
+        self._progs: Dict[str, object] = {}  # BPF function name -> bcc function (fd)
+        self.missed_by_probe: Dict[str, int] = {}
         self._plan: Optional[probes.Plan] = None
         self._writers: Dict[str, object] = {}
         self._ev_raw: List[bytes] = []
@@ -219,7 +223,7 @@ class Tracer:
         preflight()
         from bcc import BPF
 
-        self._plan = probes.plan()
+        self._plan = probes.plan(force=self.force)
         self.probes = dict(self._plan.backends)
         self.notes = list(self._plan.notes)
         kernel = btf.vmlinux()
@@ -247,11 +251,14 @@ class Tracer:
         from bcc import BPF
 
         what = f"{evidence} via {backend} {target}"
-        prog_type = BPF.TRACEPOINT if backend == "tracepoint" else BPF.KPROBE
-        load_probe(self._bpf, fn, prog_type, what)
+        prog_type = {"tracepoint": BPF.TRACEPOINT,
+                     "raw_tracepoint": BPF.RAW_TRACEPOINT}.get(backend, BPF.KPROBE)
+        self._progs[fn] = load_probe(self._bpf, fn, prog_type, what)
         try:
             if backend == "tracepoint":
                 self._bpf.attach_tracepoint(tp=target.encode(), fn_name=fn.encode())
+            elif backend == "raw_tracepoint":
+                self._bpf.attach_raw_tracepoint(tp=target.encode(), fn_name=fn.encode())
             elif backend == "kprobe":
                 self._bpf.attach_kprobe(event=target.encode(), fn_name=fn.encode())
             else:
@@ -378,6 +385,20 @@ class Tracer:
             out[name] = buckets
         return out
 
+    def recursion_misses(self) -> Dict[str, int]:
+        """Probe runs the kernel skipped because the CPU was already in a BPF program
+        (`recursion_misses` in the program's fdinfo): evidence lost, so counted as lost."""
+        out = {}
+        for fn, prog in self._progs.items():
+            try:
+                with open(f"/proc/self/fdinfo/{prog.fd}") as fh:
+                    for line in fh:
+                        if line.startswith("recursion_misses:") and int(line.split()[1]):
+                            out[fn] = int(line.split()[1])
+            except (OSError, ValueError):
+                continue
+        return out
+
     def _write_histograms(self) -> None:
         w = self._writers.get("histograms")
         if w is None:
@@ -387,8 +408,9 @@ class Tracer:
             for b, c in sorted(buckets.items()):
                 w.append({"t_ns": t, "name": name, "log2_bucket": b, "count": c})
 
-    def _flush_streaks(self) -> None:
-        """Connect-error streaks still running at stop are sent as events too."""
+    def _flush_pending(self) -> None:
+        """What the kernel still holds at stop becomes events too: connect-error streaks still
+        running, and folded repeats of resets and drops not yet carried by an event."""
         streaks = []
         for key, s in self._bpf[b"streaks"].items():
             ev = events.Event()
@@ -398,6 +420,11 @@ class Tracer:
             ct.memmove(ev.daddr, bytes(s.daddr), 16)
             ev.comm = bytes(s.comm).split(b"\0")[0]
             streaks.append(bytes(ev))
+        for _key, f in self._bpf[b"folds"].items():
+            if f.pending:
+                ev = events.Event.from_buffer_copy(bytes(f.last))
+                ev.value2 = f.pending
+                streaks.append(bytes(ev))
         if streaks:
             self._deliver_events(events.decode_events(b"".join(streaks)))
 
@@ -414,13 +441,16 @@ class Tracer:
             return self._stats
         try:
             self.poll()
-            self._flush_streaks()
+            self._flush_pending()
             ctr = self.counters()
             self.lost_by_kind = {name: ctr[events.CTR_LOST_BASE + k]
                                  for k, name in events.KIND_NAMES.items()
                                  if ctr[events.CTR_LOST_BASE + k]}
             if ctr[events.CTR_CONN_LOST]:
                 self.lost_by_kind["connection"] = ctr[events.CTR_CONN_LOST]
+            self.missed_by_probe = self.recursion_misses()
+            for fn, n in self.missed_by_probe.items():
+                self.lost_by_kind[f"missed:{fn}"] = n
             self._write_histograms()
             self._stats = TracerStats(
                 events=self._events,

@@ -16,40 +16,51 @@ KPROBE_VARIANTS = {"state_change": "kprobe", "retransmit": "kprobe",
                    "accept_wait": "kretprobe"}
 
 
-def test_kprobe_variants_pass_the_verifier():
+def _load_all(plan, configs) -> int:
+    """Compile for each config and load every function of the plan; the number loaded."""
     from bcc import BPF
 
+    types = {"tracepoint": BPF.TRACEPOINT, "raw_tracepoint": BPF.RAW_TRACEPOINT}
+    loaded = 0
+    for config in configs:
+        text, cflags = render_source(config, plan=plan)
+        bpf = compile_bpf(text, cflags)
+        try:
+            for _ev, backend, _target, fn in plan.attachments():
+                assert load_probe(bpf, fn, types.get(backend, BPF.KPROBE), fn).fd > 0
+                loaded += 1
+        finally:
+            bpf.cleanup()
+    return loaded
+
+
+CONFIGS = (TracerConfig(ports=[9999], netns_inum=1), TracerConfig(pids=[1], all_events=True),
+           TracerConfig(), TracerConfig(cgroup="/"))
+
+
+def test_kprobe_variants_pass_the_verifier():
     plan = probes.plan(force=KPROBE_VARIANTS)
     for name, backend in KPROBE_VARIANTS.items():
         assert plan.backends[name] == backend
-    fns = [fn for _ev, backend, _target, fn in plan.attachments() if backend != "tracepoint"]
-    assert sorted(fns) == sorted(["kp_tcp_set_state", "kp_tcp_retransmit_skb", "kp_tcp_rtx_synack",
-                                  "kp_tcp_time_wait", "kretp_inet_csk_accept"])
-    for config in (TracerConfig(ports=[9999], netns_inum=1), TracerConfig(pids=[1], all_events=True)):
-        text, cflags = render_source(config, plan=plan)
-        bpf = compile_bpf(text, cflags)
-        try:
-            for fn in fns:
-                assert load_probe(bpf, fn, BPF.KPROBE, fn).fd > 0
-        finally:
-            bpf.cleanup()
+    fns = {fn for _ev, backend, _target, fn in plan.attachments() if "kprobe" in backend or
+           "kretprobe" in backend}
+    assert fns == {"kp_tcp_set_state", "kp_tcp_retransmit_skb", "kp_tcp_rtx_synack",
+                   "kp_tcp_time_wait", "kretp_inet_csk_accept"}
+    assert _load_all(plan, CONFIGS[:2]) > 0
 
 
-def test_tracepoint_probes_pass_the_verifier_in_every_filter_mode():
-    from bcc import BPF
-
+def test_default_probes_pass_the_verifier_in_every_filter_mode():
     plan = probes.plan()
-    fns = sorted({fn for _ev, backend, _t, fn in plan.attachments() if backend == "tracepoint"})
-    assert "tp_inet_sock_set_state" in fns and "tp_sched_switch" in fns
-    for config in (TracerConfig(), TracerConfig(pids=[1]), TracerConfig(cgroup="/"),
-                   TracerConfig(ports=[80], pids=[1], all_events=True, netns_inum=5)):
-        text, cflags = render_source(config, plan=plan)
-        bpf = compile_bpf(text, cflags)
-        try:
-            for fn in fns:
-                assert load_probe(bpf, fn, BPF.TRACEPOINT, fn).fd > 0
-        finally:
-            bpf.cleanup()
+    assert plan.backends["state_change"] in ("raw_tracepoint", "tracepoint")
+    assert _load_all(plan, CONFIGS) == 4 * len(plan.attachments())
+
+
+def test_tracepoint_variants_pass_the_verifier():
+    force = {name: "tracepoint" for name in ("state_change", "retransmit", "synack_retransmit",
+                                             "reset_sent", "reset_received", "drop", "runq_delay")}
+    plan = probes.plan(force=force)
+    assert all(plan.backends[name] == "tracepoint" for name in force)
+    assert _load_all(plan, CONFIGS[:2]) > 0
 
 
 def test_compile_error_carries_compiler_text():

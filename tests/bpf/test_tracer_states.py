@@ -38,14 +38,22 @@ def _time_wait_census(netns: str, port: int) -> int:
     return sum(1 for line in out.splitlines() if f":{port} " in line + " ")
 
 
-def test_state_changes_equal_tcpstates(tmp_path):
+TRACEPOINTS = {"state_change": "tracepoint", "reset_sent": "tracepoint",
+               "reset_received": "tracepoint", "drop": "tracepoint", "retransmit": "tracepoint",
+               "synack_retransmit": "tracepoint"}
+
+
+@pytest.mark.parametrize("force", [None, TRACEPOINTS], ids=["default", "tracepoints"])
+def test_state_changes_equal_tcpstates(tmp_path, force):
     with private_netns("states") as ns:
         port, inum = random_port(), netns_inum_of(ns)
         tracer = server = None
         tools = []
         try:
             tracer = start_tracer(TracerConfig(ports=[port], netns_inum=inum, all_events=True),
-                                  tmp_path)
+                                  tmp_path, force=force)
+            if force:
+                assert tracer.probes["state_change"] == "tracepoint"
             # two instances: -D catches the client sockets, -L the server's (ANDed if combined)
             tools.append(BccTool("tcpstates", "-D", str(port), ready="SKADDR"))
             tools.append(BccTool("tcpstates", "-L", str(port), ready="SKADDR"))

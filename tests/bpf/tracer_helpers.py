@@ -133,10 +133,10 @@ def read_table(run_dir: Path, table: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def start_tracer(config, run_dir: Optional[Path]):
+def start_tracer(config, run_dir: Optional[Path], force=None):
     from tracer.session import Tracer
 
-    tracer = Tracer(config, run_dir)
+    tracer = Tracer(config, run_dir, force=force)
     tracer.start()
     tracer.start_thread()
     return tracer

@@ -221,14 +221,21 @@ struct st_tuple {
 	u16 pad;
 };
 
-/* Tuple from a struct sock_common (sockets and request sockets) through BTF offsets. */
-static __always_inline void sk_read_tuple(const void *sk, struct st_tuple *t)
+/* Tuple from a struct sock_common through BTF offsets. A request socket (NEW_SYN_RECV)
+ * has its local port in skc_num; a full socket keeps it in inet_sport, which, unlike skc_num,
+ * survives the port's release when the socket moves to CLOSE. */
+static __always_inline void sk_read_tuple_common(const void *sk, struct st_tuple *t, int full)
 {
-	u16 dport = 0;
+	u16 port = 0;
 	bpf_probe_read_kernel(&t->family, 2, (char *)sk + OFF_SKC_FAMILY);
-	bpf_probe_read_kernel(&t->sport, 2, (char *)sk + OFF_SKC_NUM);
-	bpf_probe_read_kernel(&dport, 2, (char *)sk + OFF_SKC_DPORT);
-	t->dport = st_ntohs(dport);
+	if (full) {
+		bpf_probe_read_kernel(&port, 2, (char *)sk + OFF_INET_SPORT);
+		t->sport = st_ntohs(port);
+	} else {
+		bpf_probe_read_kernel(&t->sport, 2, (char *)sk + OFF_SKC_NUM);
+	}
+	bpf_probe_read_kernel(&port, 2, (char *)sk + OFF_SKC_DPORT);
+	t->dport = st_ntohs(port);
 	if (t->family == ST_AF_INET6) {
 		bpf_probe_read_kernel(t->saddr, 16, (char *)sk + OFF_SKC_V6_RCV_SADDR);
 		bpf_probe_read_kernel(t->daddr, 16, (char *)sk + OFF_SKC_V6_DADDR);
@@ -236,6 +243,16 @@ static __always_inline void sk_read_tuple(const void *sk, struct st_tuple *t)
 		bpf_probe_read_kernel(t->saddr, 4, (char *)sk + OFF_SKC_RCV_SADDR);
 		bpf_probe_read_kernel(t->daddr, 4, (char *)sk + OFF_SKC_DADDR);
 	}
+}
+
+static __always_inline void sk_read_tuple(const void *sk, struct st_tuple *t)
+{
+	sk_read_tuple_common(sk, t, 1);
+}
+
+static __always_inline void req_read_tuple(const void *req, struct st_tuple *t)
+{
+	sk_read_tuple_common(req, t, 0);
 }
 
 static __always_inline u8 sk_read_state(const void *sk)
@@ -456,6 +473,80 @@ static __always_inline int handle_synack(void *ctx, const void *sk, const struct
 	return 0;
 }
 
+/* ---- folding of repeated evidence ----
+ * A client that busy-retries a refused connect() makes a reset and a drop per attempt, up to
+ * ~100k/s. Repeats of the same (kind, netns, port, reason) within FOLD_NS of the last one sent
+ * are counted instead of sent; the next one sent carries the count in value2 (occurrences it
+ * stands for, 1 if none were folded), and user space flushes what is pending at stop, so the
+ * sum of value2 is exact. Sporadic evidence (further apart than FOLD_NS) is never folded. */
+#ifndef FOLD_NS
+#define FOLD_NS 10000000ULL
+#endif
+struct fold_key {
+	u32 netns;
+	s32 reason;
+	u16 port;
+	u8 kind;
+	u8 pad;
+};
+struct fold_val {
+	u64 last_sent;
+	u64 pending;
+	struct st_event last; /* the newest folded occurrence, sent by user space at stop */
+};
+BPF_TABLE("lru_hash", struct fold_key, struct fold_val, folds, 4096);
+
+/* 1: send `ev` now (value2 set); 0: folded into a later one. */
+static __always_inline int fold(struct st_event *ev, u16 port)
+{
+#ifdef ALL_EVENTS
+	ev->value2 = 1;
+	return 1;
+#else
+	struct fold_key k = {};
+	struct fold_val *f;
+	k.netns = ev->netns;
+	k.reason = ev->reason;
+	k.port = port;
+	k.kind = ev->kind;
+	f = folds.lookup(&k);
+	if (!f) {
+		struct fold_val n = {};
+		n.last_sent = ev->t_ns;
+		folds.update(&k, &n);
+		ev->value2 = 1;
+		return 1;
+	}
+	if (ev->t_ns - f->last_sent < FOLD_NS) {
+		f->pending++;
+		__builtin_memcpy(&f->last, ev, sizeof(*ev));
+		return 0;
+	}
+	ev->value2 = f->pending + 1;
+	f->pending = 0;
+	f->last_sent = ev->t_ns;
+	return 1;
+#endif
+}
+
+/* Is a reset worth an event? Resets are evidence when a connection is refused or dies in its
+ * handshake, or hits a connection already worth sending; the seed's server closes every
+ * connection with SO_LINGER {1, 0}, so a reset ending an ordinary connection is only counted
+ * in its st_conn (resets, CONN_RESET). */
+static __always_inline int reset_is_evidence(const void *sk, int state, struct st_conn *c)
+{
+#ifdef ALL_EVENTS
+	return 1;
+#endif
+	if (sk && state == ST_TCP_CLOSE)
+		return 0; /* our own abortive close (linger 0, unread data): already CLOSEd */
+	if (!c || c->state == ST_TCP_SYN_SENT || c->state == ST_TCP_SYN_RECV)
+		return 1;
+	if (c->flags & (CONN_SLOW_CONNECT | CONN_RETRANS))
+		return 1;
+	return c->t_open && bpf_ktime_get_ns() - c->t_open > SLOW_CONN_NS;
+}
+
 static __always_inline int handle_reset(void *ctx, u8 kind, const void *sk, u32 netns,
 					int state, int reason, const struct st_tuple *t)
 {
@@ -469,12 +560,127 @@ static __always_inline int handle_reset(void *ctx, u8 kind, const void *sk, u32 
 			c->flags |= CONN_RESET;
 		}
 	}
+	if (!reset_is_evidence(sk, state, c))
+		return 0;
 	fill_event(&ev, kind, netns, t);
 	set_owner(&ev, c);
 	ev.state = state;
 	ev.reason = reason;
+	ev.value2 = 1;
+	/* refused connections repeat: fold them (by the refused port) */
+	if (!sk && !fold(&ev, t->sport))
+		return 0;
+	if (c && c->state == ST_TCP_SYN_SENT && !fold(&ev, t->dport))
+		return 0;
 	submit_event(ctx, &ev);
 	return 0;
+}
+
+/* netns of a packet: its socket's, else its device's (skb->dev->nd_net.net->ns.inum). */
+static __always_inline u32 skb_netns(const void *skb, const void *sk)
+{
+	void *dev, *net;
+	u32 inum = 0;
+	if (!sk)
+		sk = read_ptr(skb, OFF_SKB_SK);
+	if (sk)
+		return sk_netns(sk);
+	dev = read_ptr(skb, OFF_SKB_DEV);
+	net = read_ptr(dev, OFF_DEV_ND_NET);
+	if (net)
+		bpf_probe_read_kernel(&inum, sizeof(inum), (char *)net + OFF_NET_INUM);
+	return inum;
+}
+
+/* The 4-tuple of a packet from its IP and TCP headers (skb->head + skb->network_header), from
+ * the receiver's side: s = the packet's destination. Returns the L4 protocol, 0 if not IP. */
+static __always_inline u8 skb_read_tuple(const void *skb, struct st_tuple *t)
+{
+	u16 proto = 0, nhoff = 0, ports[2] = {};
+	u8 b0 = 0, l4 = 0;
+	char *head, *nh, *th;
+
+	bpf_probe_read_kernel(&proto, 2, (char *)skb + OFF_SKB_PROTOCOL);
+	proto = st_ntohs(proto);
+	if (proto != 0x0800 && proto != 0x86DD)
+		return 0;
+	head = read_ptr(skb, OFF_SKB_HEAD);
+	bpf_probe_read_kernel(&nhoff, 2, (char *)skb + OFF_SKB_NETWORK_HEADER);
+	if (!head || nhoff == 0xFFFF)
+		return 0;
+	nh = head + nhoff;
+	bpf_probe_read_kernel(&b0, 1, nh);
+	if ((b0 >> 4) == 4) {
+		bpf_probe_read_kernel(&l4, 1, nh + 9);
+		bpf_probe_read_kernel(t->daddr, 4, nh + 12);
+		bpf_probe_read_kernel(t->saddr, 4, nh + 16);
+		t->family = ST_AF_INET;
+		th = nh + (b0 & 0xF) * 4;
+	} else if ((b0 >> 4) == 6) {
+		bpf_probe_read_kernel(&l4, 1, nh + 6); /* no extension headers followed */
+		bpf_probe_read_kernel(t->daddr, 16, nh + 8);
+		bpf_probe_read_kernel(t->saddr, 16, nh + 24);
+		t->family = ST_AF_INET6;
+		th = nh + 40;
+	} else {
+		return 0;
+	}
+	if (l4 == ST_IPPROTO_TCP) {
+		bpf_probe_read_kernel(ports, 4, th);
+		t->dport = st_ntohs(ports[0]);
+		t->sport = st_ntohs(ports[1]);
+	}
+	return l4;
+}
+
+/* skb:kfree_skb: TCP packets of traced ports dropped with a reason (reason < 0: this kernel
+ * gives none). Unread data discarded at close (QUEUE_PURGE) is not a lost packet. */
+static __always_inline int handle_drop(void *ctx, const void *skb, const void *rx_sk,
+				       u64 location, int reason)
+{
+	struct st_tuple t = {};
+	struct st_event ev;
+	u32 netns;
+
+	if (reason >= 0 && (reason <= SKB_CONSUMED_REASON || reason == DROP_REASON_QUEUE_PURGE))
+		return 0;
+	if (skb_read_tuple(skb, &t) != ST_IPPROTO_TCP)
+		return 0;
+	if (!ports_in_scope(t.sport, t.dport))
+		return 0;
+	netns = skb_netns(skb, rx_sk);
+	if (!netns_in_scope(netns))
+		return 0;
+	fill_event(&ev, KIND_DROP, netns, &t);
+	if (rx_sk) {
+		u64 key = (u64)rx_sk;
+		set_owner(&ev, conns.lookup(&key));
+		ev.state = sk_read_state(rx_sk);
+	}
+	ev.reason = reason < 0 ? 0 : reason;
+	ev.value = (s64)location;
+	if (!fold(&ev, t.sport))
+		return 0;
+	submit_event(ctx, &ev);
+	return 0;
+}
+
+/* tcp:tcp_send_reset: sk is NULL for a reset answering a packet no socket wanted. */
+static __always_inline int handle_reset_sent(void *ctx, const void *sk, const void *skb,
+					     int state, int reason, const struct st_tuple *t)
+{
+	u32 netns;
+	if (sk) {
+		if (!sock_in_scope(sk, t->sport, t->dport, &netns))
+			return 0;
+	} else {
+		if (!ports_in_scope(t->sport, t->dport))
+			return 0;
+		netns = skb_netns(skb, NULL);
+		if (!netns_in_scope(netns))
+			return 0;
+	}
+	return handle_reset(ctx, KIND_RESET_SENT, sk, netns, state, reason, t);
 }
 
 /* accept() returned socket `sk` to the current task: the wait since its ESTABLISHED. */

@@ -24,7 +24,7 @@ int kp_tcp_retransmit_skb(struct pt_regs *ctx)
 int kp_tcp_rtx_synack(struct pt_regs *ctx)
 {
 	struct st_tuple t = {};
-	sk_read_tuple((const void *)PT_REGS_PARM2(ctx), &t);
+	req_read_tuple((const void *)PT_REGS_PARM2(ctx), &t);
 	return handle_synack(ctx, (const void *)PT_REGS_PARM1(ctx), &t);
 }
 #endif

@@ -1,0 +1,112 @@
+/* rawtp.c — the TCP probes on raw tracepoints: the same kernel hooks as tcp.c, but the program
+ * gets the tracepoint's arguments (TP_PROTO) instead of its formatted record, and reads the
+ * socket through BTF offsets.
+ *
+ * Why they are preferred: a perf-event tracepoint program is skipped (counted only in its
+ * recursion_misses) whenever its CPU is already running any BPF program, which happens when a
+ * timer softirq (retransmits, SYN-ACK timers) interrupts another tracing program; with several
+ * BPF tools on a busy machine whole waves of retransmits were missed. A raw tracepoint program
+ * is skipped only if it interrupts itself. The argument counts (RAW_<event>_NARGS) come from
+ * BTF (`btf_trace_<event>`), since some tracepoints gained arguments over time.
+ */
+#include "common.h"
+
+#define RAW_ARG(ctx, i) (((struct bpf_raw_tracepoint_args *)(ctx))->args[i])
+
+#ifdef USE_RAW_STATE_CHANGE
+/* inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate) */
+int raw_inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
+{
+	const void *sk = (const void *)RAW_ARG(ctx, 0);
+	struct st_tuple t = {};
+	u16 protocol = 0;
+	bpf_probe_read_kernel(&protocol, 2, (char *)sk + OFF_SK_PROTOCOL);
+	if (protocol != ST_IPPROTO_TCP)
+		return 0;
+	sk_read_tuple(sk, &t);
+	return handle_state(ctx, sk, (int)RAW_ARG(ctx, 1), (int)RAW_ARG(ctx, 2), &t);
+}
+#endif
+
+#ifdef USE_RAW_RETRANSMIT
+/* tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb[, int err]) */
+int raw_tcp_retransmit_skb(struct bpf_raw_tracepoint_args *ctx)
+{
+	const void *sk = (const void *)RAW_ARG(ctx, 0);
+	struct st_tuple t = {};
+	int err = 0;
+	sk_read_tuple(sk, &t);
+#if RAW_tcp_retransmit_skb_NARGS >= 3
+	err = (int)RAW_ARG(ctx, 2);
+#endif
+	return handle_retransmit(ctx, sk, sk_read_state(sk), err, &t);
+}
+#endif
+
+#ifdef USE_RAW_SYNACK_RETRANSMIT
+/* tcp_retransmit_synack(const struct sock *sk, const struct request_sock *req): a request
+ * sock begins with a struct sock_common, so its tuple reads like a socket's. */
+int raw_tcp_retransmit_synack(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct st_tuple t = {};
+	req_read_tuple((const void *)RAW_ARG(ctx, 1), &t);
+	return handle_synack(ctx, (const void *)RAW_ARG(ctx, 0), &t);
+}
+#endif
+
+#ifdef USE_RAW_RESET_SENT
+/* tcp_send_reset(const struct sock *sk, const struct sk_buff *skb[, enum sk_rst_reason]) */
+int raw_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+	const void *sk = (const void *)RAW_ARG(ctx, 0);
+	const void *skb = (const void *)RAW_ARG(ctx, 1);
+	struct st_tuple t = {};
+	int reason = 0, state = 0;
+#if RAW_tcp_send_reset_NARGS >= 3
+	reason = (int)RAW_ARG(ctx, 2);
+#endif
+	/* a reset answers skb when there is one (the tuple from the receiver's side, as the
+	 * tracepoint shows it); an active reset (abort, linger 0) has only the socket */
+	if (skb) {
+		if (skb_read_tuple(skb, &t) != ST_IPPROTO_TCP)
+			return 0;
+	} else if (sk) {
+		sk_read_tuple(sk, &t);
+	} else {
+		return 0;
+	}
+	if (sk)
+		state = sk_read_state(sk);
+	return handle_reset_sent(ctx, sk, skb, state, reason, &t);
+}
+#endif
+
+#ifdef USE_RAW_RESET_RECEIVED
+/* tcp_receive_reset(struct sock *sk) */
+int raw_tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+	const void *sk = (const void *)RAW_ARG(ctx, 0);
+	struct st_tuple t = {};
+	u32 netns;
+	sk_read_tuple(sk, &t);
+	if (!sock_in_scope(sk, t.sport, t.dport, &netns))
+		return 0;
+	return handle_reset(ctx, KIND_RESET_RECEIVED, sk, netns, sk_read_state(sk), 0, &t);
+}
+#endif
+
+#ifdef USE_RAW_DROP
+/* kfree_skb(struct sk_buff *skb, void *location[, enum skb_drop_reason[, struct sock *rx_sk]]) */
+int raw_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
+{
+	const void *rx_sk = NULL;
+	int reason = -1;
+#if RAW_kfree_skb_NARGS >= 3
+	reason = (int)RAW_ARG(ctx, 2);
+#endif
+#if RAW_kfree_skb_NARGS >= 4
+	rx_sk = (const void *)RAW_ARG(ctx, 3);
+#endif
+	return handle_drop(ctx, (const void *)RAW_ARG(ctx, 0), rx_sk, RAW_ARG(ctx, 1), reason);
+}
+#endif
