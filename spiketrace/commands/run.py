@@ -6,6 +6,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from spiketrace.commands.report import analysis_options, make_options
+
 # CLI option -> (which side of the bench it configures, its field name)
 BENCH_FIELDS = {
     "n": ("client", "n"), "concurrency": ("client", "concurrency"), "payload": ("client", "payload"),
@@ -41,16 +43,15 @@ BENCH_FIELDS = {
               show_default=True, help="Server model.")
 @click.option("--think-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Server delay before each accept().")
-@click.option("--threshold", "threshold_ms", type=click.FloatRange(min=0, min_open=True), default=100.0,
-              show_default=True, help="A transaction slower than this many ms is a spike.")
+@analysis_options
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory (default runs/<UTC time>-<scenario>).")
 @click.option("--force", is_flag=True, help="Reuse a non-empty --out directory.")
 @click.option("--no-report", is_flag=True, help="Record only; analyse later with `spiketrace report`.")
 @click.pass_context
-def command(ctx, scenario, out, force, threshold_ms, no_report, **bench):
+def command(ctx, scenario, out, force, threshold, relative, percentile, no_report, **bench):
     """Run the echo bench in its own network namespace under the tracer, then explain every
-    transaction slower than --threshold and write the reports.
+    spike (slower than --threshold and --relative) and write the reports.
 
     Defaults reproduce the original question: a serial client making connect / send 3,000 bytes /
     echo / send / echo / close transactions against a single-threaded server with listen(1) and
@@ -62,15 +63,17 @@ def command(ctx, scenario, out, force, threshold_ms, no_report, **bench):
       sudo spiketrace run -n 20000 --scenario syn-loss
       sudo spiketrace run -n 50000 -c 4 --scenario listen-overflow
       sudo spiketrace run -n 10000 --no-report -o runs/mine
+      sudo spiketrace run -n 500 --scenario nagle-delack --threshold 30ms --relative 0
     """
     from rich.console import Console
 
     from spiketrace import orchestrate
     from spiketrace.commands.progress import transaction_progress
 
+    analysis_opts = make_options(threshold, relative, percentile)  # bad values fail before the run
     explicit = {name: value for name, value in bench.items()
                 if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
-    opts = orchestrate.RunOptions(scenario=scenario, out=out, force=force, threshold_ms=threshold_ms,
+    opts = orchestrate.RunOptions(scenario=scenario, out=out, force=force, threshold_ms=analysis_opts.threshold_ms,
                                   analyse=not no_report)
     for name, value in explicit.items():
         side, field = BENCH_FIELDS[name]
@@ -88,13 +91,13 @@ def command(ctx, scenario, out, force, threshold_ms, no_report, **bench):
         click.echo(f"Wrote {outcome.run_dir}")
         click.echo(f"Next: spiketrace report {outcome.run_dir}")
         return
-    from analysis import AnalysisOptions, analyse
+    from analysis import analyse
     from analysis.report import print_summary, write_reports
     from spiketrace.rundir import RunDir
 
     run = RunDir.open(outcome.run_dir)
     with console.status("analysing"):
-        result = analyse(run, AnalysisOptions(threshold_ms=threshold_ms))
+        result = analyse(run, analysis_opts)
     print_summary(result, console)
     for path in write_reports(run, result, force=True):
         click.echo(f"Wrote {path}")
