@@ -33,6 +33,8 @@ class RowBuffer:
         self.flushed = 0  # rows written to disk (or dropped when there is no run directory)
         self.outcomes: Counter = Counter()  # outcome -> flushed rows
         self._outcome = self.fields.index("outcome") if "outcome" in self.fields else None
+        if self.writer is not None:
+            _warm_up(table)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -55,6 +57,14 @@ class RowBuffer:
         self.flushed += n
         if not gc.isenabled():  # the hot loops run without the cyclic GC (see quiet_gc)
             gc.collect()
+
+
+def _warm_up(table: str) -> None:
+    """Load the Parquet writer and its codec now rather than at the first flush mid-run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(SCHEMAS[table].empty_table(), pa.BufferOutputStream(), compression="zstd")
 
 
 def quiet_gc() -> None:

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional
 
-from bench._proc import MAX_PAYLOAD, Stop, StopHandler, enter_netns, quiet_threads, set_pdeathsig
+from bench._proc import (MAX_PAYLOAD, Stop, StopHandler, enter_netns, no_pandas, quiet_threads,
+                         set_pdeathsig)
 from spiketrace.errors import SpikeTraceError
 
 if TYPE_CHECKING:
@@ -263,6 +264,7 @@ def _worker_main(worker: int, opts: ClientOptions, run_dir: str, netns: Optional
     stop = StopHandler().install()
     set_pdeathsig(signal.SIGTERM, parent_pid)
     quiet_threads()
+    no_pandas()
     base = worker * STATUS_SLOTS
     buf = None
     try:

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
-from bench._proc import MAX_PAYLOAD, Stop, StopHandler, enter_netns, quiet_threads, set_pdeathsig
+from bench._proc import (MAX_PAYLOAD, Stop, StopHandler, enter_netns, no_pandas, quiet_threads,
+                         set_pdeathsig)
 from spiketrace.errors import SpikeTraceError
 
 if TYPE_CHECKING:
@@ -414,6 +415,7 @@ def serve(opts: ServerOptions, run_dir: Optional[os.PathLike] = None,
 def _child_main(opts: ServerOptions, run_dir, netns, conn, parent_pid: int) -> None:
     stop = StopHandler().install()
     set_pdeathsig(signal.SIGTERM, parent_pid)
+    no_pandas()
     try:
         enter_netns(netns)
         stats = serve(opts, run_dir, on_ready=lambda port: conn.send(("ready", port)), stop=stop)

@@ -58,8 +58,10 @@ def server(host, port, backlog, linger, model, threads, think_ms, payload, durat
       spiketrace bench server --model epoll --backlog 128 --out runs/mine
       spiketrace bench server --think-ms 5 --duration 60
     """
+    from bench._proc import no_pandas
     from bench.server import ServerOptions, serve
 
+    no_pandas()  # this process only serves and writes Parquet
     opts = ServerOptions(host=host, port=port, backlog=backlog, linger=linger, model=model,
                          think_ms=think_ms, payload=payload, threads=threads, duration_s=duration)
     opts.validate()
