@@ -50,8 +50,10 @@ static __always_inline int handle_switch(void *ctx, u32 prev, u32 next, int stil
 
 	/* current is still `prev` here, so its tgid and cgroup are at hand */
 	if (prev && tracked_task(bpf_get_current_pid_tgid() >> 32)) {
-		u8 one = 1;
-		tids.update(&prev, &one);
+		if (!tids.lookup(&prev)) {
+			u8 one = 1;
+			tids.update(&prev, &one);
+		}
 		if (still_runnable) {
 			now = bpf_ktime_get_ns();
 			runnable.update(&prev, &now);
