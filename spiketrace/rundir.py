@@ -71,6 +71,7 @@ SCHEMAS: Dict[str, pa.Schema] = {
         ("accept_queue_wait_ns", _i64), ("delayed_ack_ns", _i64),
         ("explained_ns", _i64), ("rest_ns", _i64), ("inferred", pa.bool_()),
         ("sentence", _str), ("evidence_events", pa.list_(_i64)), ("server_conn", _i64),
+        ("source", _str), ("match", _str), ("match_distance_ns", _i64),
     ]),
 }
 
