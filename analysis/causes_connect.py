@@ -247,6 +247,10 @@ def _detect_refused(ctx: Context) -> None:
 def _detect_reset_midway(ctx: Context) -> None:
     rst = ctx.spike_events(["reset_received", "reset_sent"])
     rst = rst[rst["state"] != facts.SYN_SENT]
+    # a RST that reaches a socket its owner has already closed (FIN_WAIT1/2, CLOSING, LAST_ACK,
+    # TIME_WAIT) or is sent by an abortive close (SO_LINGER {1, 0}, as the original server) ends
+    # a finished connection: nothing waited for it
+    rst = rst[~rst["state"].isin(facts.CLOSING_STATES)]
     reply2 = ctx.col("t_reply2")
     if len(rst):
         r2 = reply2[rst["ti"].to_numpy()]

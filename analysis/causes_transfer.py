@@ -127,11 +127,18 @@ def detect_runq_delay(ctx: Context) -> None:
         tgt_ti.append(ti[has_srv])
         tgt_pid.append(srv["pid"].to_numpy()[ctx.txn_srv[ti[has_srv]]])
         side.append(np.full(int(has_srv.sum()), "server", dtype=object))
+    # trace runs: the server process the kernel saw accept the connection
+    own = ctx.col("server_pid")[ti] if "server_pid" in ctx.frames.txn else np.zeros(len(ti), np.int64)
+    by_own = ~has_srv & (own > 0)
+    if by_own.any():
+        tgt_ti.append(ti[by_own])
+        tgt_pid.append(own[by_own].astype(np.int64))
+        side.append(np.full(int(by_own.sum()), "server", dtype=object))
     other = facts.find_param(getattr(ctx.meta, "params", {}), "server_pid")
     server_pids = np.unique(np.r_[srv["pid"].to_numpy(), [int(other)] if other else []]).astype(np.int64)
     server_pids = server_pids[server_pids > 0]
     for pid in server_pids:  # transactions without a server record: any server thread
-        lacking = ti[~has_srv]
+        lacking = ti[~has_srv & ~by_own]
         tgt_ti.append(lacking)
         tgt_pid.append(np.full(len(lacking), pid, dtype=np.int64))
         side.append(np.full(len(lacking), "server", dtype=object))

@@ -53,10 +53,28 @@ class AnalysisResult:
         return len(self.explanations)
 
 
-def spike_mask(latency: np.ndarray, ok: np.ndarray, options: AnalysisOptions):
-    """Spikes pass every enabled test (see AnalysisOptions); returns (mask, median, threshold)."""
+def spike_mask(latency: np.ndarray, ok: np.ndarray, options: AnalysisOptions,
+               population: Optional[np.ndarray] = None):
+    """Spikes pass every enabled test (see AnalysisOptions); returns (mask, median, threshold).
+
+    `population`: a log2 histogram (ns) of *every* transaction when `latency` holds only some of
+    them (trace runs: the kernel sends only the slow connections); the median and percentile
+    then come from it (approximately: see analysis.kernel)."""
     base = latency[ok] if ok.any() else latency
     median = float(np.median(base)) if len(base) else 0.0
+    if population is not None and population.sum():
+        from analysis.kernel import hist_median_ns, hist_percentile
+
+        median = hist_median_ns(population)
+        if options.percentile is not None:
+            mask = latency >= (options.threshold_ms * 1e6 if options.threshold_ms > 0 else 0)
+            threshold = options.threshold_ms * 1e6 if options.threshold_ms > 0 else 0.0
+            if options.relative > 0:
+                mask &= latency > options.relative * median
+                threshold = max(threshold, options.relative * median)
+            pct = hist_percentile(population, options.percentile)[1]  # the bucket's upper bound
+            mask &= latency > pct
+            return mask, median, max(threshold, pct)
     threshold = 0.0
     if options.threshold_ms > 0:
         threshold = max(threshold, options.threshold_ms * 1e6)
@@ -71,16 +89,18 @@ def spike_mask(latency: np.ndarray, ok: np.ndarray, options: AnalysisOptions):
     return mask, median, threshold
 
 
-def analyse(run, options: AnalysisOptions = AnalysisOptions()) -> AnalysisResult:
-    """Analyse an opened `spiketrace.rundir.RunDir`."""
+def analyse(run, options: AnalysisOptions = AnalysisOptions(), app_log=None) -> AnalysisResult:
+    """Analyse an opened `spiketrace.rundir.RunDir`; with `app_log` (analysis.applog.AppLog,
+    `spiketrace report --transactions`) the application's entries are the transactions."""
     started = time.monotonic()
-    frames = load(run)
+    frames = load(run, app_log=app_log, match_window_ms=options.match_window_ms)
     warnings = list(run.warnings)
     warnings += [w for w in _meta_warnings(run.meta, frames) if w not in warnings]
     txn = frames.txn
     latency = txn["latency_ns"].to_numpy()
     ok = (txn["outcome"] == "ok").to_numpy()
-    mask, median, threshold = spike_mask(latency, ok, options)
+    population = frames.histograms.get("lifetime_ns") if frames.source == "connections" else None
+    mask, median, threshold = spike_mask(latency, ok, options, population)
     stall = systematic_stall(txn, ok, getattr(run.meta, "params", {}))
     if stall:
         warnings.append(stall)
@@ -140,10 +160,60 @@ def _meta_warnings(meta, frames: Frames) -> List[str]:
     if missing:
         out.append(f"probes unavailable on the traced kernel: {', '.join(missing)} (their causes are "
                    "inferred from timing and counters, or not seen)")
+    if frames.source == "connections":
+        out.append("no bench records and no application log: every TCP connection the kernel recorded in "
+                   "connections.parquet (slow or anomalous) is a transaction, open to close; give the application's own log with "
+                   "--transactions to explain its slow requests")
+        if "lifetime_ns" not in frames.histograms:
+            out.append("no lifetime histogram in histograms.parquet: the median (--relative) is that of the "
+                       "slow connections only; consider --relative 0")
+        counted, sent = meta.counts.get("connections_counted"), meta.counts.get("connections_sent")
+        if counted is not None and sent is not None:
+            out.append(f"the kernel counted {int(counted):,} connection sockets and sent {int(sent):,} in detail; "
+                       f"the other {max(int(counted) - int(sent), 0):,} are only in the histograms "
+                       "(the median and percentiles of all connections come from them: approximate, log2 buckets)")
+    if frames.source == "app_log":
+        if frames.app_stats.get("kernel_connections", 0) == 0:
+            out.append("no kernel connection recorded: the application's entries cannot be matched "
+                       "(was the trace running, on the right --port?)")
     if frames.events.empty and frames.source == "transactions" and not frames.events_file_missing:
         out.append("no kernel events recorded: causes come from timing, counters and records only")
     if not frames.counters.series:
         out.append("no counters.parquet: listen overflows and the TIME_WAIT census are unknown")
+    out += [n for n in frames.notes if n not in out]
+    return out
+
+
+def _trace_summary(meta, frames: Frames) -> Optional[Dict[str, Any]]:
+    """What the kernel saw of all connections: counted vs sent in detail, and the histograms'
+    approximate percentiles (log2 buckets: each value is known within a factor of 2)."""
+    from analysis.kernel import hist_summary
+
+    if frames.kernel is None and not frames.histograms and meta.kind != "trace":
+        return None
+    counts = meta.counts or {}
+    counted = counts.get("connections_counted")
+    sent = counts.get("connections_sent")
+    k = frames.kernel
+    return {
+        "connections_counted": None if counted is None else int(counted),
+        "connections_sent": None if sent is None else int(sent),
+        "connections_only_counted": None if counted is None or sent is None else max(int(counted) - int(sent), 0),
+        "connections_recorded": 0 if k is None else int(len(k)),
+        "seen": {} if k is None or k.empty else {str(a): int(b) for a, b in k["seen"].value_counts().items()},
+        "slow_threshold_ms": facts.find_param(meta.params, "slow_conn_ms"),
+        "histograms": hist_summary(frames.histograms),
+        "approximate": "percentiles from log2 histograms: the value lies in the range given (a factor of 2)",
+    }
+
+
+def _app_log_summary(frames: Frames, expl: pd.DataFrame) -> Optional[Dict[str, Any]]:
+    if frames.source != "app_log":
+        return None
+    out = dict(frames.app_stats)
+    if len(expl) and "match" in expl:
+        out["spikes_by_match"] = {str(a): int(b) for a, b in expl["match"].value_counts().items()}
+        out["spikes_unmatched"] = int((expl["match"] == "none").sum())
     return out
 
 
@@ -208,6 +278,11 @@ def _summary(run, frames, options, latency, ok, median, threshold, expl, causes,
             {"txn_id": int(r.txn_id), "latency_ms": r.latency_ns / 1e6, "cause": r.cause,
              "cause_detail": r.cause_detail, "sentence": r.sentence}
             for r in expl.head(20).itertuples()],
+        "trace": _trace_summary(meta, frames),
+        "app_log": _app_log_summary(frames, expl),
+        "latency_population": {"transactions": "every transaction (bench records)",
+                               "connections": "the connections the kernel sent in detail (slow or anomalous) only",
+                               "app_log": "every entry of the application's log"}.get(frames.source, ""),
         "analysis_seconds": round(elapsed, 3),
         "cause_names": list(ALL_CAUSES),
         "share_columns": [f"{c}_ns" for c in CAUSES],

@@ -126,6 +126,9 @@ def explain(ctx: Context) -> Tuple[pd.DataFrame, pd.DataFrame]:
         near = pd.DataFrame({"ti": list(nearest_rows), "cause": "nearest", "ev_row": list(nearest_rows.values())})
         evidence = pd.concat([evidence, near], ignore_index=True)
     out["evidence_events"] = ev_lists
+    for col, default in (("source", ""), ("match", ""), ("match_distance_ns", -1)):
+        out[col] = txn[col].to_numpy()[spikes] if col in txn else np.full(len(spikes), default)
+    out["match_distance_ns"] = out["match_distance_ns"].astype(np.int64)
     out["server_conn"] = np.where(ctx.txn_srv[spikes] >= 0,
                                   ctx.frames.server["conn_id"].to_numpy()[np.maximum(ctx.txn_srv[spikes], 0)]
                                   if len(ctx.frames.server) else -1, -1).astype(np.int64)

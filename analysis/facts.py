@@ -18,6 +18,9 @@ TCP_STATES = {
 }
 ESTABLISHED, SYN_SENT, SYN_RECV, NEW_SYN_RECV = 1, 2, 3, 12
 HANDSHAKE_STATES = (SYN_SENT, SYN_RECV, NEW_SYN_RECV)
+# states of a socket whose owner has closed it (or is closing it): FIN_WAIT1, FIN_WAIT2,
+# TIME_WAIT, CLOSE, LAST_ACK, CLOSING
+CLOSING_STATES = (4, 5, 6, 7, 9, 11)
 
 # errno values (Linux, asm-generic/errno.h)
 EADDRNOTAVAIL = 99  # connect(): no free local port (port exhaustion)

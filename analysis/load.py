@@ -68,8 +68,12 @@ class Frames:
     counters: Counters
     ground_truth: pd.DataFrame
     server_ports: np.ndarray
-    source: str = "transactions"  # or "connections" for trace runs without a bench
+    source: str = "transactions"  # "connections" (trace runs without a bench), "app_log"
     events_file_missing: bool = False
+    kernel: Optional[pd.DataFrame] = None  # analysis.kernel.kernel_connections, trace/app-log runs
+    histograms: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # log2, kernel
+    app_stats: Dict[str, object] = dataclasses.field(default_factory=dict)  # app-log matching
+    notes: List[str] = dataclasses.field(default_factory=list)  # how the transactions were made
 
 
 def _codes(values: pd.Series, lookup: Dict[str, int]) -> np.ndarray:
@@ -115,38 +119,71 @@ def _ints(df: pd.DataFrame, cols) -> None:
 
 
 def transactions_from_connections(conns: pd.DataFrame) -> pd.DataFrame:
-    """Trace runs have no bench records: client connections seen by the kernel stand in for
-    transactions (open -> close), so the same analysis explains a real application's connects."""
-    if conns.empty:
-        return conns
-    client = conns[conns["role"].astype(str) == "client"]
-    if client.empty:  # server-side only: each accepted connection, seen from its peer
-        client = conns.rename(columns={"saddr": "daddr", "sport": "dport", "daddr": "saddr", "dport": "sport"})
-    t_open = _int(client, "t_open")
-    out = pd.DataFrame({
-        "id": np.arange(len(client), dtype=np.int64), "worker": 0,
-        "pid": _int(client, "pid").astype(np.int32),
-        "local_addr": client["saddr"].astype(str).to_numpy(), "local_port": _int(client, "sport"),
-        "remote_addr": client["daddr"].astype(str).to_numpy(), "remote_port": _int(client, "dport"),
-        "t_start": t_open, "t_connected": _int(client, "t_established"),
-        "t_reply1": _int(client, "t_first_data"), "t_reply2": 0, "t_end": _int(client, "t_close"),
-        "connect_attempts": 1, "last_errno": 0,
-        "outcome": np.where(_int(client, "resets") > 0, "reset", "ok"),
-    })
-    return out
+    """Trace runs have no bench records: every kernel connection (one per TCP connection, client
+    side preferred) stands in for a transaction (open -> close); see analysis.kernel."""
+    from analysis.kernel import kernel_connections, transactions_from_kernel
+
+    k = kernel_connections(conns)
+    return transactions_from_kernel(k).assign(server_pid=k["server_pid"].to_numpy())
 
 
-def load(run, need_events: bool = True) -> Frames:
-    """The run's tables as `Frames`; raises SpikeTraceError if there is nothing to analyse."""
-    txn = run.table("transactions", categories=True)
+def _span(*times: np.ndarray) -> Tuple[int, int]:
+    """The run's time span from any non-zero times."""
+    vals = [t[t > 0] for t in times if len(t)]
+    vals = [v for v in vals if len(v)]
+    if not vals:
+        return (0, 0)
+    return (int(min(v.min() for v in vals)), int(max(v.max() for v in vals)))
+
+
+def load(run, need_events: bool = True, app_log=None, match_window_ms: float = 100.0) -> Frames:
+    """The run's tables as `Frames`; raises SpikeTraceError if there is nothing to analyse.
+
+    Transactions come from the application's log when `app_log` (analysis.applog.AppLog) is
+    given (each entry matched to a kernel connection), else from transactions.parquet (bench
+    records), else from the kernel's connections (trace runs)."""
+    from analysis import applog as applog_mod
+    from analysis import facts
+    from analysis.kernel import kernel_connections, read_histograms, transactions_from_kernel
+
+    events = run.table("events", categories=True) if need_events else run.table("events", categories=True).iloc[0:0]
+    events = events.reset_index(drop=True)
+    events["ev_row"] = np.arange(len(events), dtype=np.int64)
+    _ints(events, ("t_ns", "pid", "sport", "dport", "state", "new_state", "reason", "value", "value2"))
+
     source = "transactions"
-    if txn.empty and run.has("connections"):
-        txn = transactions_from_connections(run.table("connections"))
-        source = "connections"
+    kernel = None
+    app_stats: Dict[str, object] = {}
+    notes: List[str] = []
+    has_conns = run.has("connections")
+    if app_log is not None or not run.has("transactions"):
+        kernel = kernel_connections(run.table("connections") if has_conns else None)
+    if app_log is not None:
+        slow_ms = facts.find_param(getattr(run.meta, "params", {}), "slow_conn_ms") or \
+            facts.find_param(getattr(run.meta, "params", {}), "threshold_ms") or 50.0
+        span = _span(kernel["t_open"].to_numpy(), kernel["t_close"].to_numpy(), events["t_ns"].to_numpy())
+        if span == (0, 0):
+            span = (int(run.meta.clock_monotonic_ns), int(run.meta.clock_monotonic_ns))
+        txn, app_stats, notes = applog_mod.match(app_log, kernel, run.meta, span,
+                                                 int(match_window_ms * 1e6), int(float(slow_ms) * 1e6))
+        notes = list(app_log.warnings) + notes
+        source = "app_log"
         run.warnings[:] = [w for w in run.warnings if not w.startswith("missing transactions")]
-        run.warnings.append("no transactions.parquet (not a bench run): explaining the kernel's "
-                            "connections.parquet instead (open to close)")
+        if not has_conns:
+            notes.append("no connections.parquet: no application entry can be matched to a kernel connection")
+    else:
+        txn = run.table("transactions", categories=True)
+        if txn.empty and has_conns:
+            txn = transactions_from_kernel(kernel).assign(server_pid=kernel["server_pid"].to_numpy())
+            source = "connections"
+            run.warnings[:] = [w for w in run.warnings if not w.startswith("missing transactions")]
     if txn.empty:
+        if source == "app_log":
+            raise SpikeTraceError("the application log has no entries; nothing to analyse")
+        if kernel is not None and has_conns:
+            raise SpikeTraceError(f"{run.path / 'connections.parquet'}: no connection was slow or anomalous "
+                                  "enough to be recorded; nothing to analyse (see the histograms in "
+                                  "histograms.parquet, or give the application's log with --transactions)")
         raise SpikeTraceError(f"{run.path / 'transactions.parquet'}: missing or empty; nothing to analyse")
     txn = txn.reset_index(drop=True)
     _ints(txn, PHASES + ("local_port", "remote_port", "pid", "connect_attempts", "last_errno"))
@@ -157,11 +194,6 @@ def load(run, need_events: bool = True) -> Frames:
     txn["latency_ns"] = txn["end"].to_numpy() - txn["t_start"].to_numpy()
     if not isinstance(txn["outcome"].dtype, pd.CategoricalDtype):  # from connections: plain strings
         txn["outcome"] = txn["outcome"].astype(str).astype("category")
-
-    events = run.table("events", categories=True) if need_events else run.table("events", categories=True).iloc[0:0]
-    events = events.reset_index(drop=True)
-    events["ev_row"] = np.arange(len(events), dtype=np.int64)
-    _ints(events, ("t_ns", "pid", "sport", "dport", "state", "new_state", "reason", "value", "value2"))
 
     server = run.table("server", categories=True).reset_index(drop=True)
     server["srv_row"] = np.arange(len(server), dtype=np.int64)
@@ -179,6 +211,8 @@ def load(run, need_events: bool = True) -> Frames:
     server_ports = np.unique(txn["remote_port"].to_numpy())
     server_ports = server_ports[server_ports > 0]
     txn["key"] = conn_key(t_caddr, txn["local_port"], t_saddr, txn["remote_port"], n_addr)
+    # a transaction that no kernel connection matched has no 4-tuple: no event joins it by tuple
+    txn.loc[txn["local_port"].to_numpy() == 0, "key"] = -2
     # the server-row key ignores the server address (server.parquet does not record it)
     txn["skey"] = conn_key(t_caddr, txn["local_port"], np.zeros(len(txn)), txn["remote_port"], n_addr)
 
@@ -200,9 +234,11 @@ def load(run, need_events: bool = True) -> Frames:
 
     counters = _counters(run.table("counters", categories=True) if run.has("counters") else None)
     truth = run.table("ground_truth") if run.has("ground_truth") else None
+    hists = read_histograms(run.table("histograms")) if run.has("histograms") else {}
     return Frames(txn=txn, events=events, server=server, counters=counters,
                   ground_truth=truth if truth is not None else pd.DataFrame(), server_ports=server_ports,
-                  source=source, events_file_missing=not run.has("events"))
+                  source=source, events_file_missing=not run.has("events"), kernel=kernel,
+                  histograms=hists, app_stats=app_stats, notes=notes)
 
 
 def _counters(df: Optional[pd.DataFrame]) -> Counters:

@@ -28,6 +28,7 @@ class AnalysisOptions:
     min_cause_ms: float = 5.0  # a cause must account for at least this much latency
     min_explained: float = 0.5  # causes must cover this share of the excess over the median
     only_ids: Optional[Sequence[int]] = None  # explain these transactions whatever their latency
+    match_window_ms: float = 100.0  # application log: how far its times may be from the kernel's
 
     def describe(self) -> str:
         parts = []

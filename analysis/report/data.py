@@ -44,6 +44,9 @@ class SpikeRow:
     local_port: int
     evidence: List[Dict[str, Any]]  # event rows (relative ms, kind, ...)
     evidence_total: int
+    source: str = ""  # application log entry (file:line), --transactions only
+    match: str = ""  # how it was matched to a kernel connection (port/unique/ambiguous/order/none)
+    match_distance_ms: float = -1.0
 
 
 @dataclasses.dataclass
@@ -73,6 +76,9 @@ class ReportData:
     hist: Dict[str, np.ndarray]  # "normal" or cause -> counts
     threshold_ms: float
     spikes_plotted: int = 0
+    latency_title: str = "Latency (ok transactions)"
+    trace: Optional[Dict[str, Any]] = None  # summary.json "trace": counted vs sent, histograms
+    app_log: Optional[Dict[str, Any]] = None  # summary.json "app_log": files, matches
 
 
 def _plot_spikes(expl: pd.DataFrame) -> pd.DataFrame:
@@ -106,7 +112,82 @@ def build(result, max_spikes: int = HTML_SPIKES) -> ReportData:
         t0=t0, bins_t=bins_t, bins_p50=p50, bins_max=mx,
         spike_t=spike_t, spike_ms=plotted["latency_ns"].to_numpy() / 1e6,
         spike_cause=plotted["cause"].to_numpy(dtype=object), spikes_plotted=len(plotted),
-        markers=markers, hist_edges=edges, hist=hist, threshold_ms=result.threshold_ns / 1e6)
+        markers=markers, hist_edges=edges, hist=hist, threshold_ms=result.threshold_ns / 1e6,
+        latency_title=LATENCY_TITLES.get(s["run"].get("source", ""), "Latency (ok transactions)"),
+        trace=s.get("trace"), app_log=s.get("app_log"))
+
+
+LATENCY_TITLES = {
+    "connections": "Latency of the connections the kernel sent in detail (slow or anomalous only; "
+                   "all connections: see the kernel histograms)",
+    "app_log": "Latency (the application's entries)",
+}
+
+
+def match_text(row) -> str:
+    """`port, 0.1 ms apart` / `order` / `no kernel connection matched`."""
+    if not row.match:
+        return ""
+    if row.match == "none":
+        return "no kernel connection matched"
+    if row.match_distance_ms >= 0:
+        apart = "from its duration" if row.match == "order" else "apart"
+        return f"{row.match}, {row.match_distance_ms:.3g} ms {apart}"
+    return row.match
+
+
+def trace_lines(trace: Optional[Dict[str, Any]]) -> List[str]:
+    """Plain lines: connections counted vs sent in detail."""
+    if not trace:
+        return []
+    counted, sent = trace.get("connections_counted"), trace.get("connections_sent")
+    if counted is None or sent is None:
+        return ["connections counted in the kernel: unknown (meta.json has no counts)"]
+    thr = trace.get("slow_threshold_ms")
+    why = f"slower than {thr:g} ms or with a retransmit" if isinstance(thr, (int, float)) else "slow or anomalous"
+    return [f"the kernel tracked {counted:,} connection sockets (client and server sides count separately "
+            f"when both are local) and sent {sent:,} in detail ({why}); the other "
+            f"{trace.get('connections_only_counted', 0):,} were only counted, in the histograms below"]
+
+
+def histogram_rows(trace: Optional[Dict[str, Any]]) -> List[List[str]]:
+    """Rows of the kernel histograms table (approximate percentiles as ranges)."""
+    from analysis.kernel import HIST_PERCENTILES, range_text
+
+    rows = []
+    for h in (trace or {}).get("histograms", []) or []:
+        rows.append([h["what"], f"{h['count']:,}"] + [range_text(*h[f"p{p:g}_ms"]) for p in HIST_PERCENTILES]
+                    + [range_text(*h["max_ms"])])
+    return rows
+
+
+def app_log_lines(app: Optional[Dict[str, Any]]) -> List[str]:
+    """Plain lines: the application log and how its entries matched kernel connections."""
+    if not app:
+        return []
+    files = app.get("files", [])
+    fmts = sorted(set(app.get("formats", [])))
+    by = ", ".join(f"{k} {v:,}" for k, v in sorted(app.get("by_match", {}).items()) if k != "none")
+    out = [f"application log: {len(files)} file(s) ({', '.join(fmts)}), {app.get('entries', 0):,} entries, "
+           f"{app.get('matched', 0):,} matched to a kernel connection" + (f" ({by})" if by else "")
+           + f"; {app.get('kernel_connections', 0):,} kernel connections recorded, "
+           f"{app.get('kernel_connections_unmatched', 0):,} of them matched no entry"]
+    untimed = int(app.get("entries", 0)) - int(app.get("timed", 0))
+    if app.get("timestamps"):
+        out.append("timestamps read as: " + "; ".join(app["timestamps"]))
+    if untimed:
+        out.append(f"{untimed:,} entries have no timestamp: each starts at its kernel connection's open when "
+                   "matched, else at a time estimated from its neighbours' durations")
+    if "spikes_by_match" in app:
+        sb = ", ".join(f"{k} {v:,}" for k, v in sorted(app["spikes_by_match"].items()))
+        out.append(f"spikes by match: {sb} (port: by port and time; unique/ambiguous: by time only; "
+                   "order: by order and duration, the weakest)")
+    return out
+
+
+HISTOGRAM_HEADER = ["kernel histogram (all connections)", "count", "p50", "p90", "p99", "p99.9", "max"]
+HISTOGRAM_NOTE = ("Approximate: the kernel keeps log2 histograms, so each percentile is known only as the "
+                  "range of its bucket (a factor of 2).")
 
 
 def _time_bins(t_start: np.ndarray, lat_ms: np.ndarray, t0: int):
@@ -196,7 +277,10 @@ def _spike_rows(result, worst: pd.DataFrame, t0: int) -> List[SpikeRow]:
             cause=str(w["cause"][k]), cause_detail=str(w["cause_detail"][k]), causes=str(w["causes"][k]),
             shares=shares, rest_ms=w["rest_ns"][k] / 1e6, inferred=bool(w["inferred"][k]),
             sentence=str(w["sentence"][k]), local_port=int(w["local_port"][k]), evidence=evidence,
-            evidence_total=len(cited)))
+            evidence_total=len(cited), source=str(w["source"][k]) if "source" in w else "",
+            match=str(w["match"][k]) if "match" in w else "",
+            match_distance_ms=(w["match_distance_ns"][k] / 1e6 if w["match_distance_ns"][k] >= 0 else -1.0)
+            if "match_distance_ns" in w else -1.0))
     return rows
 
 

@@ -6,7 +6,8 @@ import html
 from typing import Dict, Iterable, List
 
 from analysis.options import format_ms
-from analysis.report.data import CAUSE_COLORS, ReportData
+from analysis.report.data import (CAUSE_COLORS, HISTOGRAM_HEADER, HISTOGRAM_NOTE, ReportData, app_log_lines,
+                                  histogram_rows, match_text, trace_lines)
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -73,6 +74,10 @@ def render(data: ReportData, plots: Dict[str, str]) -> str:
             ["lost events", lost_html],
         ]),
     ]
+    extra = trace_lines(data.trace) + app_log_lines(data.app_log)
+    if extra:
+        parts.append('<h2 id="source">Where the transactions come from</h2><ul>'
+                     + "".join(f"<li>{esc(x)}</li>" for x in extra) + "</ul>")
     if data.warnings:
         parts.append('<h2 id="warnings">Warnings</h2>')
         parts += [f'<div class="warn">{esc(w)}</div>' for w in data.warnings]
@@ -83,8 +88,14 @@ def render(data: ReportData, plots: Dict[str, str]) -> str:
                  "</figcaption></figure>")
     parts.append(f'<figure id="plot-hist">{plots["hist"]}<figcaption>Latency histogram (log scale), spikes '
                  "coloured by their primary cause.</figcaption></figure>")
+    parts.append(f"<p>{esc(data.latency_title)}</p>")
     parts.append(_table([n for n, _ in data.latency], [[esc(format_ms(v)) for _, v in data.latency]],
                         numeric=range(len(data.latency))))
+    hrows = histogram_rows(data.trace)
+    if hrows:
+        parts.append('<h2 id="histograms">Kernel histograms (all connections, approximate)</h2>')
+        parts.append(f"<p>{esc(HISTOGRAM_NOTE)}</p>")
+        parts.append(_table(HISTOGRAM_HEADER, [[esc(c) for c in r] for r in hrows], numeric=range(1, 7)))
     parts.append('<h2 id="causes">Spikes by cause</h2>')
     if data.causes:
         parts.append(f'<figure id="plot-causes">{plots["causes"]}</figure>')
@@ -135,6 +146,8 @@ def _spikes(data: ReportData) -> str:
         else:
             evidence = '<span class="muted">no event (records, counters or timing)</span>'
         cause = _cause(s.cause, s.cause_detail) + (' <span class="muted">inferred</span>' if s.inferred else "")
+        if s.source:
+            cause += f'<br><span class="muted">{esc(s.source)}; {esc(match_text(s))}</span>'
         rows.append(f'<tr id="txn-{s.txn_id}"><td class="num">{s.rank}</td>'
                     f'<td class="num"><a href="#txn-{s.txn_id}">{s.txn_id}</a></td>'
                     f'<td class="num">{s.t_rel_s:.3f}</td><td class="num">{esc(format_ms(s.latency_ms))}</td>'

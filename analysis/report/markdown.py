@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import List
 
 from analysis.options import format_ms
-from analysis.report.data import MD_SPIKES, ReportData
+from analysis.report.data import (HISTOGRAM_HEADER, HISTOGRAM_NOTE, MD_SPIKES, ReportData, app_log_lines,
+                                  histogram_rows, match_text, trace_lines)
 
 
 def _cell(text) -> str:
@@ -36,8 +37,15 @@ def render(data: ReportData) -> str:
     ])
     if data.warnings:
         lines += ["## Warnings", ""] + [f"- {_cell(w)}" for w in data.warnings] + [""]
-    lines += ["## Latency (ok transactions)", ""]
+    extra = trace_lines(data.trace) + app_log_lines(data.app_log)
+    if extra:
+        lines += ["## Where the transactions come from", ""] + [f"- {_cell(x)}" for x in extra] + [""]
+    lines += [f"## {_cell(data.latency_title)}", ""]
     lines += _table([n for n, _ in data.latency], [[format_ms(v) for _, v in data.latency]])
+    hrows = histogram_rows(data.trace)
+    if hrows:
+        lines += ["## Kernel histograms (all connections, approximate)", "", HISTOGRAM_NOTE, ""]
+        lines += _table(HISTOGRAM_HEADER, hrows)
     lines += ["## Spikes by cause", ""]
     if data.causes:
         lines += _table(["cause", "spikes", "%", "median", "max", "time", "details"], [
@@ -54,10 +62,13 @@ def render(data: ReportData) -> str:
     if data.spikes:
         shown = min(MD_SPIKES, len(data.spikes))
         lines += [f"## Worst spikes ({shown} of {data.spikes_total:,}; all in explanations.parquet)", ""]
-        lines += _table(["#", "txn", "start (s)", "latency", "cause", "shares", "why"], [
-            [s.rank, s.txn_id, f"{s.t_rel_s:.3f}", format_ms(s.latency_ms),
-             s.cause + (f" ({s.cause_detail})" if s.cause_detail else ""),
-             ", ".join(f"{n} {format_ms(ms)}" for n, ms in s.shares), s.sentence]
+        app = data.app_log is not None
+        lines += _table(["#", "entry" if app else "txn", "start (s)", "latency"] + (["match"] if app else [])
+                        + ["cause", "shares", "why"], [
+            [s.rank, s.source if app else s.txn_id, f"{s.t_rel_s:.3f}", format_ms(s.latency_ms)]
+            + ([match_text(s)] if app else [])
+            + [s.cause + (f" ({s.cause_detail})" if s.cause_detail else ""),
+               ", ".join(f"{n} {format_ms(ms)}" for n, ms in s.shares), s.sentence]
             for s in data.spikes[:shown]])
     lines += ["## Probes", ""]
     lines += _table(["evidence", "backend"], [[k, v] for k, v in data.probes]) if data.probes else ["none recorded", ""]

@@ -7,7 +7,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from analysis.options import format_ms
-from analysis.report.data import TERMINAL_SPIKES, ReportData
+from analysis.report.data import (HISTOGRAM_HEADER, HISTOGRAM_NOTE, TERMINAL_SPIKES, ReportData, app_log_lines,
+                                  histogram_rows, match_text, trace_lines)
 
 
 def _pct(value) -> str:
@@ -27,12 +28,22 @@ def render(data: ReportData, console: Console) -> None:
                   f"{c['events_matched']:,} joined to a transaction")
     if run.get("source") == "connections":
         console.print("(no bench records: the kernel's connections stand in for transactions)")
+    for line in trace_lines(data.trace) + app_log_lines(data.app_log):
+        console.print(escape(line))
 
-    lat = Table(title="Latency (ok transactions)", show_header=True, header_style="bold")
+    lat = Table(title=escape(data.latency_title), show_header=True, header_style="bold")
     for name, _ in data.latency:
         lat.add_column(name, justify="right")
     lat.add_row(*[format_ms(v) for _, v in data.latency])
     console.print(lat)
+    hrows = histogram_rows(data.trace)
+    if hrows:
+        t = Table(title="Kernel histograms (approximate)", header_style="bold", caption=HISTOGRAM_NOTE)
+        for i, col in enumerate(HISTOGRAM_HEADER):
+            t.add_column(col, justify="left" if i == 0 else "right")
+        for row in hrows:
+            t.add_row(*[escape(c) for c in row])
+        console.print(t)
 
     if data.causes:
         t = Table(title="Spikes by cause", header_style="bold")
@@ -61,13 +72,19 @@ def render(data: ReportData, console: Console) -> None:
     if data.spikes:
         t = Table(title=f"Worst spikes ({min(TERMINAL_SPIKES, len(data.spikes))} of {data.spikes_total:,})",
                   header_style="bold", show_lines=False)
-        t.add_column("txn", justify="right")
+        app = data.app_log is not None
+        t.add_column("entry" if app else "txn", justify="left" if app else "right")
         t.add_column("latency", justify="right")
+        if app:
+            t.add_column("match")
         t.add_column("cause")
         t.add_column("why")
         for s in data.spikes[:TERMINAL_SPIKES]:
             cause = s.cause + (f" ({s.cause_detail})" if s.cause_detail else "")
-            t.add_row(str(s.txn_id), format_ms(s.latency_ms), escape(cause), escape(s.sentence))
+            cells = [escape(s.source) if app else str(s.txn_id), format_ms(s.latency_ms)]
+            if app:
+                cells.append(escape(match_text(s)))
+            t.add_row(*cells, escape(cause), escape(s.sentence))
         console.print(t)
 
     if data.probes:

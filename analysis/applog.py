@@ -1,0 +1,618 @@
+"""The application's own latency log, joined to the kernel's connections
+(`spiketrace report RUN_DIR --transactions FILE`).
+
+An application knows which of its requests were slow; the kernel knows why. This module reads
+the application's log (docs/your-application.md gives the schema), matches each entry to the
+kernel connection it used, and turns the entries into the transactions the analysis explains:
+the spikes are then the application's slow entries.
+
+Accepted files (one or more; each file is one `worker` in the report):
+- **plain**: one number per line, the elapsed seconds (the original question's client output).
+  No time, no port: entries are matched by ORDER and duration to the kernel connections (per
+  process), a clearly weaker match (`order`).
+- **CSV / whitespace / tab-separated with a header line**, or **JSON lines**, with
+  - a duration: `duration_s`, `duration_ms`, `duration_us`, `duration_ns` or `duration`
+    (seconds; also `latency*` / `elapsed*` with the same suffixes), optional if both `start` and
+    `end` are given;
+  - optionally a timestamp: `start` or `end` (or `timestamp`/`ts`/`time`, which marks the start
+    unless `--ts-kind end`): wall clock as epoch seconds (or ms/us/ns, told apart by magnitude)
+    or ISO 8601, or CLOCK_MONOTONIC ns; converted with meta.json's clock anchor;
+  - optionally `local_port` and/or `remote_port` (the application's side and its peer's).
+
+Matching, per entry, with its confidence (`match`) and time distance (`match_distance_ns`):
+- `port`: a port and the time (or the port alone) single out one kernel connection;
+- `unique`: by time only, exactly one kernel connection opened within the window;
+- `ambiguous`: by time only, several candidates; the nearest in open time and duration won;
+- `order`: no time, no port: the n-th slow entry of a file is the n-th kernel connection of one
+  process whose lifetime agrees with its duration (a longest-common-subsequence alignment);
+- `none`: no kernel connection fits (the kernel only sends connections slower than its
+  threshold or with a retransmit, so fast entries normally match nothing).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from spiketrace.errors import SpikeTraceError
+
+S = 1_000_000_000
+MS = 1_000_000
+_DURATION = re.compile(r"^(duration|latency|elapsed)(?:_(s|ms|us|ns))?$")
+_DUR_SCALE = {None: 1e9, "s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}
+TS_COLUMNS = {"start": "start", "t_start": "start", "end": "end", "t_end": "end",
+              "timestamp": None, "ts": None, "time": None}
+DP_MAX_CELLS = 20_000_000  # order matching: slow entries x connections of one process
+
+
+@dataclasses.dataclass
+class AppLog:
+    """The entries of one or more application log files, as read (times not yet converted)."""
+
+    entries: pd.DataFrame  # file, line, worker, duration_ns, ts (float; NaN none), ts_iso, ts_kind,
+    #                        local_port, remote_port
+    files: List[str]
+    formats: List[str]  # per file: plain, csv, tsv, columns, jsonl
+    warnings: List[str] = dataclasses.field(default_factory=list)
+    clock: str = "auto"  # auto | wall | monotonic
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+# ---- reading ------------------------------------------------------------------------------
+def read_app_log(paths: Sequence, ts_kind: Optional[str] = None, clock: str = "auto") -> AppLog:
+    """Read application log files (see the module docstring for the formats)."""
+    if ts_kind not in (None, "start", "end"):
+        raise SpikeTraceError(f"--ts-kind {ts_kind}: choose start or end")
+    if clock not in ("auto", "wall", "monotonic"):
+        raise SpikeTraceError(f"--clock {clock}: choose auto, wall or monotonic")
+    parts, formats, warnings = [], [], []
+    for worker, path in enumerate(paths):
+        df, fmt, warn = _read_one(Path(path), ts_kind or "start")
+        df["worker"] = worker
+        df["file"] = str(path)
+        parts.append(df)
+        formats.append(fmt)
+        warnings += warn
+    if not parts:
+        raise SpikeTraceError("no application log given")
+    entries = pd.concat(parts, ignore_index=True)
+    return AppLog(entries=entries, files=[str(p) for p in paths], formats=formats, warnings=warnings,
+                  clock=clock)
+
+
+def _read_one(path: Path, ts_kind: str) -> Tuple[pd.DataFrame, str, List[str]]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise SpikeTraceError(f"{path}: no such file (--transactions)")
+    except OSError as exc:
+        raise SpikeTraceError(f"{path}: cannot read it ({exc.strerror})")
+    lines = text.splitlines()
+    numbered = [(i + 1, ln.strip()) for i, ln in enumerate(lines)]
+    numbered = [(n, ln) for n, ln in numbered if ln and not ln.startswith("#")]
+    if not numbered:
+        raise SpikeTraceError(f"{path}: empty (no entries)")
+    first = numbered[0][1]
+    if first.startswith("{"):
+        return _read_jsonl(path, numbered, ts_kind)
+    if _is_number(first):
+        if len(first.replace(",", " ").split()) > 1:
+            raise SpikeTraceError(f"{path}:{numbered[0][0]}: several numbers and no header line: add a "
+                                  "header naming the columns (e.g. `start duration_s local_port`)")
+        return _read_plain(path, numbered)
+    return _read_table(path, numbered, ts_kind)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", " ").split()[0])
+        return True
+    except (ValueError, IndexError):
+        return False
+
+
+def _empty_frame(n: int) -> Dict[str, np.ndarray]:
+    return {"line": np.zeros(n, np.int64), "duration_ns": np.zeros(n, np.int64),
+            "ts": np.full(n, np.nan), "ts_iso": np.full(n, None, dtype=object),
+            "ts_kind": np.full(n, "", dtype=object), "local_port": np.zeros(n, np.int64),
+            "remote_port": np.zeros(n, np.int64)}
+
+
+def _read_plain(path: Path, numbered) -> Tuple[pd.DataFrame, str, List[str]]:
+    nums, line_no, bad = [], [], []
+    for n, ln in numbered:
+        try:
+            v = float(ln.split()[0]) if len(ln.split()) == 1 else None
+        except ValueError:
+            v = None
+        if v is None or not math.isfinite(v) or v < 0:
+            bad.append(n)
+            continue
+        nums.append(v)
+        line_no.append(n)
+    cols = _empty_frame(len(nums))
+    cols["line"] = np.asarray(line_no, np.int64)
+    cols["duration_ns"] = np.round(np.asarray(nums, float) * 1e9).astype(np.int64)
+    warn = [f"{path}: skipped {len(bad):,} line(s) that are not a duration in seconds "
+            f"(first: line {bad[0]})"] if bad else []
+    return pd.DataFrame(cols), "plain", warn
+
+
+def _columns(names: List[str], path: Path, ts_kind: str) -> Dict[str, Tuple[str, object]]:
+    """Header names -> role: duration (scale), start/end/ts (kind), local_port, remote_port."""
+    roles: Dict[str, Tuple[str, object]] = {}
+    for name in names:
+        key = str(name).strip().lower()
+        m = _DURATION.match(key)
+        if m and "duration" not in roles:
+            roles["duration"] = (name, _DUR_SCALE[m.group(2)])
+        elif key in TS_COLUMNS:
+            kind = TS_COLUMNS[key] or ts_kind
+            roles.setdefault(kind, (name, None))
+        elif key in ("local_port", "remote_port"):
+            roles[key] = (name, None)
+    if "duration" not in roles and not ("start" in roles and "end" in roles):
+        raise SpikeTraceError(
+            f"{path}: no duration column (name one duration_s, duration_ms, duration_us, duration_ns "
+            f"or duration, or give both start and end); columns: {', '.join(map(str, names))}")
+    return roles
+
+
+def _frame_from_columns(path: Path, data: pd.DataFrame, line_no: np.ndarray, ts_kind: str,
+                        fmt: str) -> Tuple[pd.DataFrame, str, List[str]]:
+    roles = _columns(list(data.columns), path, ts_kind)
+    n = len(data)
+    cols = _empty_frame(n)
+    cols["line"] = line_no.astype(np.int64)
+    warn: List[str] = []
+    ts_vals = {}
+    for kind in ("start", "end"):
+        if kind in roles:
+            ts_vals[kind] = _timestamps(data[roles[kind][0]], path)
+    if "duration" in roles:
+        name, scale = roles["duration"]
+        dur = pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float) * scale
+    else:
+        (s_num, s_iso), (e_num, e_iso) = ts_vals["start"], ts_vals["end"]
+        if s_iso is not None and e_iso is not None:
+            a, b = _iso_to_ns(s_iso), _iso_to_ns(e_iso)
+            dur = np.where((a == _NO_TIME) | (b == _NO_TIME), np.nan, (b - a).astype(float))
+        elif s_iso is not None or e_iso is not None:
+            raise SpikeTraceError(f"{path}: start and end must both be ISO 8601 or both numbers")
+        else:
+            dur = _scale_like(e_num) - _scale_like(s_num)
+    ok = np.isfinite(dur) & (dur >= 0)
+    if (~ok).any():
+        first = int(line_no[np.flatnonzero(~ok)[0]])
+        warn.append(f"{path}: skipped {int((~ok).sum()):,} entr(ies) without a valid duration (first: line {first})")
+    cols["duration_ns"] = np.where(ok, np.round(np.nan_to_num(dur)), 0).astype(np.int64)
+    kind = "start" if "start" in ts_vals else ("end" if "end" in ts_vals else "")
+    if kind:
+        num, iso = ts_vals[kind]
+        cols["ts"] = num
+        cols["ts_iso"] = iso if iso is not None else cols["ts_iso"]
+        cols["ts_kind"] = np.full(n, kind, dtype=object)
+    for port in ("local_port", "remote_port"):
+        if port in roles:
+            cols[port] = pd.to_numeric(data[roles[port][0]], errors="coerce").fillna(0).to_numpy().astype(np.int64)
+    df = pd.DataFrame(cols)
+    return df[ok].reset_index(drop=True), fmt, warn
+
+
+def _scale_like(values: np.ndarray) -> np.ndarray:
+    """Numbers in one unit for a start/end difference: epoch seconds (< 1e11) to ns."""
+    v = np.asarray(values, float)
+    med = np.nanmedian(v) if np.isfinite(v).any() else 0
+    return v * 1e9 if med < 1e11 else v
+
+
+def _timestamps(col: pd.Series, path: Path) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(numbers or NaN, ISO strings or None): numbers are kept as given (their unit is told at
+    match time, against the run's clock); strings that are not numbers must be ISO 8601."""
+    num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+    text = col.astype(object).where(col.notna(), None)
+    strings = np.isnan(num) & text.notna().to_numpy()
+    if not strings.any():
+        return num, None
+    iso = np.full(len(col), None, dtype=object)
+    iso[strings] = text.to_numpy()[strings]
+    return num, iso
+
+
+_NO_TIME = np.iinfo(np.int64).min
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def _iso_to_ns(iso: np.ndarray) -> np.ndarray:
+    """ISO 8601 strings -> epoch ns as int64 (exact; _NO_TIME where None). Naive times are
+    taken as the local time zone."""
+    out = np.full(len(iso), _NO_TIME, dtype=np.int64)
+    local = _dt.datetime.now().astimezone().tzinfo
+    for i, s in enumerate(iso):
+        if s is None:
+            continue
+        txt = str(s).strip().replace("Z", "+00:00")
+        try:
+            d = _dt.datetime.fromisoformat(txt)
+        except ValueError:
+            try:
+                d = _dt.datetime.fromisoformat(txt.replace(" ", "T", 1))
+            except ValueError:
+                raise SpikeTraceError(f"unreadable timestamp {s!r}: use ISO 8601 "
+                                      "(2026-11-26T14:00:00.123+00:00) or epoch seconds")
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=local)
+        delta = d - _EPOCH
+        out[i] = (delta.days * 86400 + delta.seconds) * S + delta.microseconds * 1000
+    return out
+
+
+def _read_table(path: Path, numbered, ts_kind: str) -> Tuple[pd.DataFrame, str, List[str]]:
+    header = numbered[0][1]
+    if "," in header:
+        sep, fmt = ",", "csv"
+    elif "\t" in header:
+        sep, fmt = "\t", "tsv"
+    else:
+        sep, fmt = None, "columns"
+    names = [h.strip() for h in (header.split(sep) if sep else header.split())]
+    rows, line_no = [], []
+    for n, ln in numbered[1:]:
+        cells = [c.strip() for c in (ln.split(sep) if sep else ln.split())]
+        if len(cells) < len(names):
+            cells += [""] * (len(names) - len(cells))
+        rows.append(cells[:len(names)])
+        line_no.append(n)
+    data = pd.DataFrame(rows, columns=names).replace("", np.nan)
+    return _frame_from_columns(path, data, np.asarray(line_no, np.int64), ts_kind, fmt)
+
+
+def _read_jsonl(path: Path, numbered, ts_kind: str) -> Tuple[pd.DataFrame, str, List[str]]:
+    rows, line_no = [], []
+    for n, ln in numbered:
+        try:
+            obj = json.loads(ln)
+        except ValueError as exc:
+            raise SpikeTraceError(f"{path}:{n}: not a JSON object ({exc})")
+        if not isinstance(obj, dict):
+            raise SpikeTraceError(f"{path}:{n}: not a JSON object")
+        rows.append(obj)
+        line_no.append(n)
+    data = pd.DataFrame(rows)
+    return _frame_from_columns(path, data, np.asarray(line_no, np.int64), ts_kind, "jsonl")
+
+
+# ---- times -------------------------------------------------------------------------------
+def resolve_times(app: AppLog, meta, span: Tuple[int, int]) -> Tuple[np.ndarray, List[str]]:
+    """Each entry's start in CLOCK_MONOTONIC ns (-1 when the log has no time). Numbers are told
+    apart against the run's time span: epoch seconds/ms/us/ns (wall clock, converted with the
+    clock anchor of meta.json) or monotonic ns, whichever lands inside the trace."""
+    e = app.entries
+    start = np.full(len(e), -1, dtype=np.int64)
+    notes: List[str] = []
+    anchor_ok = bool(getattr(meta, "clock_wall_ns", 0)) and bool(getattr(meta, "clock_monotonic_ns", 0))
+    lo, hi = span
+    margin = 60 * S  # an entry may start this long before the trace or end after it
+    for worker, idx in e.groupby("worker").groups.items():
+        idx = np.asarray(idx)
+        sub = e.iloc[idx]
+        kinds = sub["ts_kind"].to_numpy()
+        has = kinds != ""
+        if not has.any():
+            continue
+        name = str(sub["file"].iloc[0])
+        num = sub["ts"].to_numpy(dtype=float)
+        iso = sub["ts_iso"].to_numpy()
+        wall_ns = np.zeros(len(sub), dtype=np.int64)
+        iso_sel = np.array([v is not None for v in iso])
+        if iso_sel.any():
+            if app.clock == "monotonic":
+                raise SpikeTraceError(f"{name}: ISO 8601 timestamps are wall-clock times, not --clock monotonic")
+            wall_ns[iso_sel] = _iso_to_ns(iso[iso_sel])
+        numeric = ~iso_sel & np.isfinite(num)
+        mono = np.full(len(sub), np.nan)
+        if numeric.any():
+            mono[numeric], how = _numeric_to_mono(num[numeric], app.clock, meta, anchor_ok, lo, hi, margin, name)
+            notes.append(f"{Path(name).name}: {how}")
+        if iso_sel.any():
+            notes.append(f"{Path(name).name}: ISO 8601")
+            if not anchor_ok:
+                raise SpikeTraceError(f"{name}: wall-clock timestamps, but meta.json has no clock anchor")
+        dur = sub["duration_ns"].to_numpy()
+        st = np.where(kinds == "end", mono - dur, mono)
+        good = np.isfinite(st)
+        start[idx[good]] = np.round(st[good]).astype(np.int64)
+        if iso_sel.any():  # exact integer arithmetic (a float64 epoch in ns is only 256 ns precise)
+            exact = meta.clock_monotonic_ns + (wall_ns - meta.clock_wall_ns)
+            exact = np.where(kinds == "end", exact - dur, exact)
+            start[idx[iso_sel]] = exact[iso_sel]
+    return start, notes
+
+
+def _numeric_to_mono(v: np.ndarray, clock: str, meta, anchor_ok: bool, lo: int, hi: int, margin: int,
+                     name: str) -> Tuple[np.ndarray, str]:
+    options = []
+    if clock in ("auto", "monotonic"):
+        options.append(("monotonic ns", v))
+    if clock in ("auto", "wall") and anchor_ok:
+        for unit, scale in (("epoch seconds", 1e9), ("epoch ms", 1e6), ("epoch us", 1e3), ("epoch ns", 1.0)):
+            options.append((unit, meta.clock_monotonic_ns + (v * scale - meta.clock_wall_ns)))
+    best, best_key = None, (0.0, 0.0)
+    for how, mono in options:
+        d = np.maximum(lo - mono, 0) + np.maximum(mono - hi, 0)  # outside the trace by
+        key = (float(np.mean(d <= margin)), -float(np.median(d)))
+        if key[0] > 0 and (best is None or key > best_key):
+            best, best_key = (mono, how), key
+    if best is None:
+        where = "" if anchor_ok else " (meta.json has no clock anchor to convert wall-clock times)"
+        raise SpikeTraceError(
+            f"{name}: its timestamps do not fall within the trace{where}: give them as epoch seconds, "
+            "ISO 8601 or CLOCK_MONOTONIC ns (see docs/your-application.md)")
+    return best[0], best[1]
+
+
+# ---- matching -----------------------------------------------------------------------------
+def match(app: AppLog, k: pd.DataFrame, meta, span: Tuple[int, int], window_ns: int,
+          kernel_slow_ns: int) -> Tuple[pd.DataFrame, Dict[str, object], List[str]]:
+    """Entries -> transactions (documented schema plus `source`, `match`, `match_distance_ns`)
+    matched to kernel connections `k` (analysis.kernel.kernel_connections)."""
+    e = app.entries
+    n = len(e)
+    start, clocks = resolve_times(app, meta, span)
+    notes: List[str] = []
+    dur = e["duration_ns"].to_numpy()
+    lport, rport = e["local_port"].to_numpy(), e["remote_port"].to_numpy()
+    conn = np.full(n, -1, dtype=np.int64)
+    how = np.full(n, "none", dtype=object)
+    dist = np.full(n, -1, dtype=np.int64)
+    used = np.zeros(len(k), dtype=bool)
+    k_open, k_close = k["t_open"].to_numpy(), k["t_close"].to_numpy()
+    k_life = np.where(k_close > 0, k_close - k_open, -1)
+    k_cport, k_sport = k["cport"].to_numpy(), k["sport"].to_numpy()
+    server_ports = set(np.unique(k_sport).tolist())
+
+    # 1. by port (and time, when known)
+    cport = np.where(~np.isin(lport, list(server_ports)) & (lport > 0), lport,
+                     np.where(~np.isin(rport, list(server_ports)) & (rport > 0), rport, 0))
+    other = np.where(cport == lport, rport, lport)  # the server port, if given
+    by_port = np.flatnonzero(cport > 0)
+    if len(by_port) and len(k):
+        _match_by_port(by_port, cport, other, start, dur, k_cport, k_sport, k_open, k_close, k_life,
+                       window_ns, conn, how, dist)
+        used[conn[conn >= 0]] = True
+    # 2. by time
+    by_time = np.flatnonzero((conn < 0) & (start >= 0) & (cport == 0))
+    if len(by_time) and (~used).any():
+        _match_by_time(by_time, start, dur, other, k_sport, k_open, k_life, used, window_ns, conn, how, dist)
+    # 3. by order (no time, no port)
+    t_start = start.copy()
+    plain = (start < 0) & (cport == 0)
+    workers = e["worker"].to_numpy()
+    files = [np.flatnonzero(plain & (workers == w)) for w in np.unique(workers[plain]).tolist()]
+    if files and len(k):
+        _match_by_order(files, dur, k, k_life, used, kernel_slow_ns, conn, how, dist)
+    # times of entries without any: interpolated between matched neighbours by their durations
+    for worker in np.unique(e["worker"].to_numpy()).tolist():
+        idx = np.flatnonzero((start < 0) & (e["worker"].to_numpy() == worker))
+        if len(idx):
+            t_start[idx] = _estimate_starts(idx, dur, conn, k_open, span, meta)
+
+    tx = _transactions(e, t_start, dur, conn, k)
+    tx["source"] = (e["file"].map(lambda f: Path(f).name) + ":" + e["line"].astype(str)).to_numpy(dtype=object)
+    tx["match"] = how
+    tx["match_distance_ns"] = dist
+    counts = pd.Series(how).value_counts()
+    stats: Dict[str, object] = {
+        "entries": n, "files": list(app.files), "formats": list(app.formats),
+        "matched": int((conn >= 0).sum()), "by_match": {str(a): int(b) for a, b in counts.items()},
+        "kernel_connections": int(len(k)), "kernel_connections_unmatched": int(len(k) - len(np.unique(conn[conn >= 0]))),
+        "window_ms": window_ns / 1e6, "timed": int((start >= 0).sum()), "timestamps": clocks}
+    return tx, stats, notes
+
+
+def _match_by_port(idx, cport, other, start, dur, k_cport, k_sport, k_open, k_close, k_life, window_ns,
+                   conn, how, dist) -> None:
+    """The connection of that client port (and server port when given): with a time, the last one
+    opened by start + window that was still open at start - window; without, the one whose
+    lifetime is closest to the duration."""
+    timed = idx[start[idx] >= 0]
+    if len(timed):
+        items = pd.DataFrame({"t": start[timed] + window_ns, "port": cport[timed].astype(np.int64),
+                              "i": timed}).sort_values("t", kind="stable")
+        conns = pd.DataFrame({"t": k_open.astype(np.int64), "port": k_cport.astype(np.int64),
+                              "ki": np.arange(len(k_open), dtype=np.int64)}).sort_values("t", kind="stable")
+        m = pd.merge_asof(items, conns, on="t", by="port", direction="backward")
+        ki = m["ki"].fillna(-1).to_numpy(dtype=np.int64)
+        i = m["i"].to_numpy(dtype=np.int64)
+        ok = ki >= 0
+        kk = np.maximum(ki, 0)
+        ok &= (k_close[kk] == 0) | (k_close[kk] >= start[i] - window_ns)
+        ok &= (other[i] == 0) | (k_sport[kk] == other[i])
+        conn[i[ok]] = ki[ok]
+        how[i[ok]] = "port"
+        dist[i[ok]] = np.abs(k_open[ki[ok]] - start[i[ok]])
+    untimed = idx[start[idx] < 0]
+    if len(untimed):
+        df = pd.DataFrame({"i": untimed, "port": cport[untimed]}).merge(
+            pd.DataFrame({"port": k_cport, "ki": np.arange(len(k_cport))}), on="port")
+        if len(df):
+            df = df[(other[df["i"]] == 0) | (k_sport[df["ki"]] == other[df["i"]])]
+            df["score"] = np.abs(k_life[df["ki"]] - dur[df["i"]])
+            n_cand = df.groupby("i").size()
+            best = df.sort_values("score", kind="stable").drop_duplicates("i")
+            i, ki = best["i"].to_numpy(), best["ki"].to_numpy()
+            conn[i] = ki
+            how[i] = np.where(n_cand.reindex(i).to_numpy() > 1, "ambiguous", "port")
+
+
+def _match_by_time(idx, start, dur, other, k_sport, k_open, k_life, used, window_ns, conn, how, dist) -> None:
+    """Connections opened within the window of the entry's start and living about as long as
+    the entry took; one connection per entry, the best pairs first."""
+    free = np.flatnonzero(~used)
+    order = free[np.argsort(k_open[free], kind="stable")]
+    t_sorted = k_open[order]
+    lo = np.searchsorted(t_sorted, start[idx] - window_ns, side="left")
+    hi = np.searchsorted(t_sorted, start[idx] + window_ns, side="right")
+    counts = hi - lo
+    if counts.sum() == 0:
+        return
+    owner = np.repeat(np.arange(len(idx)), counts)
+    starts = np.cumsum(counts) - counts
+    j = np.repeat(lo, counts) + (np.arange(int(counts.sum())) - np.repeat(starts, counts))
+    i, ki = idx[owner], order[j]
+    life = k_life[ki]
+    plausible = (life < 0) | (np.abs(life - dur[i]) <= window_ns + dur[i] // 4)
+    plausible &= (other[i] == 0) | (k_sport[ki] == other[i])
+    i, ki = i[plausible], ki[plausible]
+    if len(i) == 0:
+        return
+    d_open = np.abs(k_open[ki] - start[i])
+    score = d_open + np.where(life[plausible] >= 0, np.abs(life[plausible] - dur[i]), 0)
+    n_cand = pd.Series(i).value_counts()
+    taken_e, taken_k = set(), set()
+    for p in np.argsort(score, kind="stable").tolist():
+        a, b = int(i[p]), int(ki[p])
+        if a in taken_e or b in taken_k:
+            continue
+        taken_e.add(a)
+        taken_k.add(b)
+        conn[a] = b
+        how[a] = "unique" if n_cand[a] == 1 else "ambiguous"
+        dist[a] = int(d_open[p])
+    used[list(taken_k)] = True
+
+
+def _match_by_order(files: List[np.ndarray], dur, k, k_life, used, kernel_slow_ns, conn, how, dist) -> None:
+    """Plain durations (no time, no port): the kernel only holds the slow connections, so align
+    each file's slow entries (in file order) with the connections of one process (in time order)
+    whose lifetimes agree, keeping the order (longest common subsequence). Files and processes
+    are paired best alignment first (one process per file)."""
+    pids = k["pid"].to_numpy()
+    t_open = k["t_open"].to_numpy()
+    groups = {}
+    for pid in np.unique(pids[~used]).tolist():
+        cand = np.flatnonzero((pids == pid) & ~used & (k_life >= 0))
+        if len(cand):
+            groups[pid] = cand[np.argsort(t_open[cand], kind="stable")]
+    scores = []
+    for f, idx in enumerate(files):
+        slow = idx[dur[idx] >= 0.8 * kernel_slow_ns]
+        for pid, cand in groups.items():
+            pairs = _lcs(dur[slow], k_life[cand])
+            if pairs:
+                scores.append((len(pairs), f, pid, slow, cand, pairs))
+    done_f, done_p = set(), set()
+    for _, f, pid, slow, cand, pairs in sorted(scores, key=lambda x: -x[0]):
+        if f in done_f or pid in done_p:
+            continue
+        done_f.add(f)
+        done_p.add(pid)
+        for a, b in pairs:
+            conn[slow[a]] = cand[b]
+            how[slow[a]] = "order"
+            dist[slow[a]] = int(abs(k_life[cand[b]] - dur[slow[a]]))
+            used[cand[b]] = True
+
+
+def _agrees(duration: np.ndarray, lifetime: np.ndarray) -> np.ndarray:
+    """Can a connection of this lifetime be the one of an entry of this duration? The entry's
+    time includes work before connect() (socket creation, the previous socket's close), so the
+    connection may be somewhat shorter; it may outlive the entry a little (a lazy close)."""
+    return ((lifetime >= 0.75 * duration - 10 * MS) &
+            (lifetime <= duration + np.maximum(10 * MS, duration // 10)))
+
+
+def _lcs(a: np.ndarray, b: np.ndarray) -> List[Tuple[int, int]]:
+    """Longest order-preserving pairing of durations a[i] with agreeing lifetimes b[j] (DP rows
+    as running maxima, then one backtrack)."""
+    n, m = len(a), len(b)
+    if n == 0 or m == 0:
+        return []
+    if n * m > DP_MAX_CELLS:  # too big for the table: greedy in order
+        out, j = [], 0
+        for i in range(n):
+            while j < m and not _agrees(a[i:i + 1], b[j:j + 1])[0]:
+                j += 1
+            if j == m:
+                break
+            out.append((i, j))
+            j += 1
+        return out
+    dp = np.zeros((n + 1, m + 1), dtype=np.int32)
+    for i in range(1, n + 1):
+        hit = _agrees(np.full(m, a[i - 1]), b).astype(np.int32)
+        cand = np.maximum(dp[i - 1, 1:], dp[i - 1, :-1] + hit)
+        dp[i, 1:] = np.maximum.accumulate(cand)
+    pairs, i, j = [], n, m
+    while i > 0 and j > 0:
+        if dp[i, j] == dp[i - 1, j]:
+            i -= 1
+        elif dp[i, j] == dp[i, j - 1]:
+            j -= 1
+        else:
+            pairs.append((i - 1, j - 1))
+            i -= 1
+            j -= 1
+    return pairs[::-1]
+
+
+def _estimate_starts(idx, dur, conn, k_open, span, meta) -> np.ndarray:
+    """Starts of a file's untimed entries: the matched ones start with their connection; the
+    time between two matched entries, minus the durations in between, is spread evenly over the
+    entries in between (a closed-loop client); outside, the mean gap. Without any match, the
+    entries run back to back from the start of the trace."""
+    d = dur[idx].astype(np.int64)
+    cum = np.concatenate([[0], np.cumsum(d)[:-1]])  # duration of the entries before each
+    anchors = np.flatnonzero(conn[idx] >= 0)
+    pos = np.arange(len(idx), dtype=float)
+    if len(anchors) == 0:
+        t0 = span[0] if span[0] > 0 else int(getattr(meta, "clock_monotonic_ns", 0))
+        return t0 + cum
+    gap_acc = (k_open[conn[idx[anchors]]] - cum[anchors]).astype(float)  # start minus durations before
+    if len(anchors) > 1:
+        slope = (gap_acc[-1] - gap_acc[0]) / max(anchors[-1] - anchors[0], 1)
+    else:
+        slope = 0.0
+    slope = max(slope, 0.0)
+    est = np.interp(pos, anchors.astype(float), gap_acc)
+    est = np.where(pos < anchors[0], gap_acc[0] - (anchors[0] - pos) * slope, est)
+    est = np.where(pos > anchors[-1], gap_acc[-1] + (pos - anchors[-1]) * slope, est)
+    return (cum + np.round(est)).astype(np.int64)
+
+
+def _transactions(e: pd.DataFrame, t_start: np.ndarray, dur: np.ndarray, conn: np.ndarray,
+                  k: pd.DataFrame) -> pd.DataFrame:
+    n = len(e)
+    has = conn >= 0
+    kk = np.maximum(conn, 0)
+
+    def pick(col, default):
+        if len(k) == 0:
+            return np.full(n, default, dtype=object if isinstance(default, str) else np.int64)
+        v = k[col].to_numpy()[kk]
+        return np.where(has, v, default)
+
+    t_end = t_start + dur
+    est = pick("t_established", 0).astype(np.int64)
+    t_conn = np.where(est > 0, np.clip(est, t_start, t_end), 0)
+    first = pick("t_first_data", 0).astype(np.int64)
+    t_r1 = np.where(first > 0, np.clip(first, np.maximum(t_conn, t_start), t_end), 0)
+    return pd.DataFrame({
+        "id": np.arange(n, dtype=np.int64), "worker": e["worker"].to_numpy().astype(np.int32),
+        "pid": pick("pid", 0).astype(np.int32),
+        "local_addr": pick("caddr", ""), "local_port": np.where(has, pick("cport", 0), 0).astype(np.int64),
+        "remote_addr": pick("saddr", ""), "remote_port": np.where(has, pick("sport", 0), 0).astype(np.int64),
+        "t_start": t_start.astype(np.int64), "t_connected": t_conn.astype(np.int64), "t_reply1": t_r1,
+        "t_reply2": np.zeros(n, np.int64), "t_end": t_end.astype(np.int64),
+        "connect_attempts": np.ones(n, np.int32), "last_errno": np.zeros(n, np.int32),
+        "outcome": np.full(n, "ok", dtype=object), "server_pid": pick("server_pid", 0).astype(np.int64),
+        "conn_row": conn})
