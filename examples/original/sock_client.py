@@ -11,7 +11,11 @@ echo. docs/original-question.md says what is kept and how it maps to `spiketrace
 
 Additions for tests only: `--host`/`--port` (or SPIKETRACE_ORIG_HOST / SPIKETRACE_ORIG_PORT),
 and a bound on the busy connect loop: after `--give-up` seconds (30) without a connection the
-client says so on stderr and exits 1 instead of spinning forever.
+client says so on stderr and exits 1 instead of spinning forever. With SPIKETRACE_ORIG_VERBOSE=1
+(or `--verbose`) each line also says when the transaction started (epoch seconds) and from which
+local port, under a header line `start duration_s local_port`, so that `spiketrace report
+--transactions` can match every line to its kernel connection by port and time; the default
+output is the original's, one duration per line.
 """
 from __future__ import annotations
 
@@ -31,11 +35,17 @@ def parse_args():
     parser.add_argument("--port", type=int, default=int(os.environ.get("SPIKETRACE_ORIG_PORT", "9999")))
     parser.add_argument("--give-up", type=float, default=30.0, metavar="SECONDS",
                         help="stop retrying connect() after this long (default: 30)")
+    parser.add_argument("--verbose", action="store_true",
+                        default=os.environ.get("SPIKETRACE_ORIG_VERBOSE", "") not in ("", "0"),
+                        help="print `start duration_s local_port` lines under a header "
+                             "(also SPIKETRACE_ORIG_VERBOSE=1)")
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
+    if args.verbose:
+        print("start duration_s local_port")
     for _ in range(args.n):
         t = time.time()
         # No close(): the previous socket is closed when `s` is rebound on this line (CPython
@@ -51,7 +61,10 @@ def main():
         s.recv(6000)
         s.send(MESSAGE)
         s.recv(6000)
-        print(time.time() - t)
+        if args.verbose:  # not in the original: lets each line be matched to its connection
+            print(t, time.time() - t, s.getsockname()[1])
+        else:
+            print(time.time() - t)
 
 
 if __name__ == "__main__":

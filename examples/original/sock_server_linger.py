@@ -11,7 +11,10 @@ kept and how it maps to `spiketrace bench server`.
 Additions for tests only: the address can be chosen (`--host`, `--port`, or the SPIKETRACE_ORIG_HOST
 / SPIKETRACE_ORIG_PORT environment variables; port 0 picks a free one), and the address it
 listens on is printed once to stderr. The original bound port 9999; the host defaults to
-127.0.0.1 here so that the example never listens beyond loopback.
+127.0.0.1 here so that the example never listens beyond loopback. `--think-ms` (or
+SPIKETRACE_ORIG_THINK_MS) makes the server work that long on each connection after accept(), as
+a real server would (0 by default: the original's behaviour), so that a few concurrent clients
+keep its one-slot accept queue full.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import os
 import socket
 import struct
 import sys
+import time
 
 BUFSIZE = 10 * 1024 * 1024  # recv(10 MB), as the original
 
@@ -28,6 +32,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default=os.environ.get("SPIKETRACE_ORIG_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SPIKETRACE_ORIG_PORT", "9999")))
+    parser.add_argument("--think-ms", type=float, default=float(os.environ.get("SPIKETRACE_ORIG_THINK_MS", "0")),
+                        help="work this long on each connection after accept() (default: 0, as the original)")
     return parser.parse_args()
 
 
@@ -48,6 +54,8 @@ def main():
         try:
             conn, addr = s.accept()
             print("Connected by", addr)
+            if args.think_ms > 0:  # not in the original: a server that does some work
+                time.sleep(args.think_ms / 1000.0)
             data = conn.recv(BUFSIZE)
             conn.send(data)
             conn.recv(BUFSIZE)
