@@ -102,6 +102,8 @@ def render_source(config: TracerConfig, *, force: Optional[Dict[str, str]] = Non
     plan = plan or probes.plan(force=force)
     kernel = btf.vmlinux()
     defines: Dict[str, int] = dict(btf.tracer_offsets(kernel))
+    skc = [v for k, v in defines.items() if k.startswith("OFF_SKC_")]
+    defines["SKC_SPAN"] = (max(skc) + 16 + 7) // 8 * 8  # sock_common read in one go
     defines.update(plan.defines)
     defines["NETNS_INUM"] = int(config.netns_inum)
     if config.ports:

@@ -1,8 +1,5 @@
-/* common.h — maps, scoping and the shared logic of every probe (BPF side only).
- *
- * Each probe in tcp.c / syscalls.c / sched.c / kprobes.c is a thin wrapper: it takes its
- * arguments out of a tracepoint record or out of pt_regs and calls one of the handle_*()
- * functions below, so a tracepoint and its kprobe fallback share one body.
+/* common.h — maps, scoping, socket and packet reads, event output (BPF side only).
+ * The logic of the probes is in handlers.h.
  *
  * Defines given by tracer/session.py (render_source):
  *   OFF_*            kernel struct offsets from BTF (tracer/btf.py); no kernel struct is
@@ -16,6 +13,7 @@
  *   ALL_EVENTS       send every state change of traced sockets (validation, not production)
  *   USE_RINGBUF, RINGBUF_PAGES, RB_FLAGS   output channel (else a perf buffer)
  *   SKB_CONSUMED_REASON  the skb_drop_reason value that means "not a drop"
+ *   SKC_SPAN         bytes of struct sock_common read at once (covers every OFF_SKC_*)
  */
 #ifndef SPIKETRACE_COMMON_H
 #define SPIKETRACE_COMMON_H
@@ -192,16 +190,10 @@ static __always_inline void learn_pid(u32 tgid)
 	}
 }
 
-/* A socket event is in scope if its socket is tracked, or by netns and ports. With only
- * pids/cgroup given, sockets are tracked from the connect() or accept() of a traced task. */
-static __always_inline int sock_in_scope(const void *sk, u16 sport, u16 dport, u32 *netns)
+/* Scope of a socket not tracked yet: its ports, then its netns. With only pids/cgroup given,
+ * sockets are tracked from the connect() or accept() of a traced task instead. */
+static __always_inline int sock_scope(const void *sk, u16 sport, u16 dport, u32 *netns)
 {
-	u64 key = (u64)sk;
-	struct st_conn *c = conns.lookup(&key);
-	if (c) {
-		*netns = c->netns;
-		return 1;
-	}
 #if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
 	return 0;
 #endif
@@ -226,22 +218,24 @@ struct st_tuple {
  * survives the port's release when the socket moves to CLOSE. */
 static __always_inline void sk_read_tuple_common(const void *sk, struct st_tuple *t, int full)
 {
+	u8 b[SKC_SPAN]; /* sock_common up to its last field we use: one read, not eight */
 	u16 port = 0;
-	bpf_probe_read_kernel(&t->family, 2, (char *)sk + OFF_SKC_FAMILY);
+
+	bpf_probe_read_kernel(b, sizeof(b), sk);
+	t->family = *(u16 *)(b + OFF_SKC_FAMILY);
 	if (full) {
 		bpf_probe_read_kernel(&port, 2, (char *)sk + OFF_INET_SPORT);
 		t->sport = st_ntohs(port);
 	} else {
-		bpf_probe_read_kernel(&t->sport, 2, (char *)sk + OFF_SKC_NUM);
+		t->sport = *(u16 *)(b + OFF_SKC_NUM);
 	}
-	bpf_probe_read_kernel(&port, 2, (char *)sk + OFF_SKC_DPORT);
-	t->dport = st_ntohs(port);
+	t->dport = st_ntohs(*(u16 *)(b + OFF_SKC_DPORT));
 	if (t->family == ST_AF_INET6) {
-		bpf_probe_read_kernel(t->saddr, 16, (char *)sk + OFF_SKC_V6_RCV_SADDR);
-		bpf_probe_read_kernel(t->daddr, 16, (char *)sk + OFF_SKC_V6_DADDR);
+		__builtin_memcpy(t->saddr, b + OFF_SKC_V6_RCV_SADDR, 16);
+		__builtin_memcpy(t->daddr, b + OFF_SKC_V6_DADDR, 16);
 	} else {
-		bpf_probe_read_kernel(t->saddr, 4, (char *)sk + OFF_SKC_RCV_SADDR);
-		bpf_probe_read_kernel(t->daddr, 4, (char *)sk + OFF_SKC_DADDR);
+		__builtin_memcpy(t->saddr, b + OFF_SKC_RCV_SADDR, 4);
+		__builtin_memcpy(t->daddr, b + OFF_SKC_DADDR, 4);
 	}
 }
 
@@ -293,184 +287,6 @@ static __always_inline void set_owner(struct st_event *ev, const struct st_conn 
 		ev->pid = c->pid;
 		__builtin_memcpy(ev->comm, c->comm, 16);
 	}
-}
-
-/* ---- connection tracking: one st_conn per socket, from its first state to CLOSE ---- */
-
-static __always_inline void conn_close(void *ctx, struct st_conn *c, u64 key, u64 now)
-{
-	c->t_close = now;
-	if (c->t_open) {
-		u64 life = now - c->t_open;
-		hist_add(HIST_LIFETIME, life);
-		if (life > SLOW_CONN_NS)
-			c->flags |= CONN_SLOW_LIFETIME;
-	}
-	count(CTR_CONN_COUNTED);
-	if (c->flags & (CONN_SLOW_CONNECT | CONN_SLOW_LIFETIME | CONN_RETRANS))
-		submit_conn(ctx, c);
-	conns.delete(&key);
-}
-
-static __always_inline void emit_time_wait(void *ctx, struct st_conn *c, u32 netns,
-					   const struct st_tuple *t, u8 state)
-{
-	struct st_event ev;
-	count(CTR_TIME_WAIT);
-	if (c)
-		c->flags |= CONN_TIME_WAIT;
-#ifndef ALL_EVENTS
-	/* Every active close enters TIME_WAIT: send it only as part of a connection already worth
-	 * sending; the TIME_WAIT census (counters.parquet) covers the rest. */
-	if (!c || !(c->flags & (CONN_SLOW_CONNECT | CONN_RETRANS)))
-		return;
-#endif
-	fill_event(&ev, KIND_TIME_WAIT, netns, t);
-	set_owner(&ev, c);
-	ev.state = state;
-	ev.new_state = ST_TCP_TIME_WAIT;
-	submit_event(ctx, &ev);
-}
-
-/* The first state change seen of a socket: a new entry in `conns`. */
-static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u32 netns,
-						 const struct st_tuple *t, u64 now)
-{
-	u64 key = (u64)sk;
-	struct st_conn zero;
-
-	__builtin_memset(&zero, 0, sizeof(zero));
-	zero.netns = netns;
-	zero.sport = t->sport;
-	zero.dport = t->dport;
-	zero.family = t->family;
-	__builtin_memcpy(zero.saddr, t->saddr, 16);
-	__builtin_memcpy(zero.daddr, t->daddr, 16);
-	if (newstate == ST_TCP_SYN_SENT) {
-		/* connect() runs in the connecting task's context */
-		zero.role = ROLE_CLIENT;
-		zero.t_open = now;
-		zero.pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(zero.comm, sizeof(zero.comm));
-#if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
-		if (!task_in_scope(zero.pid))
-			return NULL;
-#endif
-	} else if (newstate == ST_TCP_SYN_RECV) {
-		/* a child socket, created when the handshake's final ACK arrived (softirq: the
-		 * owner is learned at accept()) */
-		zero.role = ROLE_SERVER;
-		zero.t_open = now;
-	} else {
-		zero.flags = CONN_PARTIAL;
-	}
-#if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
-	if (zero.role != ROLE_CLIENT)
-		return NULL;
-#endif
-	conns.update(&key, &zero);
-	return conns.lookup(&key);
-}
-
-static __always_inline int handle_state(void *ctx, const void *sk, int oldstate, int newstate,
-					const struct st_tuple *t)
-{
-	u64 key = (u64)sk, now;
-	u32 netns = 0;
-	struct st_conn *c;
-
-	if (newstate == ST_TCP_LISTEN || oldstate == ST_TCP_LISTEN && newstate == ST_TCP_CLOSE)
-		return 0; /* listeners are not connections */
-	if (!sock_in_scope(sk, t->sport, t->dport, &netns))
-		return 0;
-	now = bpf_ktime_get_ns();
-	c = conns.lookup(&key);
-	if (!c && newstate != ST_TCP_CLOSE)
-		c = conn_open(sk, newstate, netns, t, now);
-#ifdef ALL_EVENTS
-	{
-		struct st_event ev;
-		fill_event(&ev, KIND_STATE_CHANGE, netns, t);
-		set_owner(&ev, c);
-		ev.state = oldstate;
-		ev.new_state = newstate;
-		submit_event(ctx, &ev);
-	}
-#endif
-	if (!c)
-		return 0;
-	c->state = newstate;
-	if (t->sport && !c->sport) {
-		/* connect() picks the local port after CLOSE -> SYN_SENT */
-		c->sport = t->sport;
-		__builtin_memcpy(c->saddr, t->saddr, 16);
-	}
-	if (newstate == ST_TCP_ESTABLISHED && !c->t_established) {
-		c->t_established = now;
-		if (c->role == ROLE_CLIENT && c->t_open) {
-			u64 d = now - c->t_open;
-			hist_add(HIST_CONNECT, d);
-			if (d > SLOW_CONN_NS)
-				c->flags |= CONN_SLOW_CONNECT;
-		}
-	} else if (newstate == ST_TCP_CLOSE) {
-		if (oldstate == ST_TCP_SYN_SENT && (c->flags & CONN_RESET))
-			c->flags |= CONN_REFUSED;
-#ifndef USE_KP_TIME_WAIT
-		/* tcp_time_wait() hands the connection to a timewait socket and closes the full
-		 * socket: FIN_WAIT2 -> CLOSE (FIN received, or orphan FIN_WAIT2 timeout) or
-		 * CLOSING -> CLOSE (simultaneous close). A reset in those states closes it
-		 * without TIME_WAIT, so sockets that saw a reset are left out. */
-		if ((oldstate == ST_TCP_FIN_WAIT2 || oldstate == ST_TCP_CLOSING) &&
-		    !(c->flags & CONN_RESET))
-			emit_time_wait(ctx, c, netns, t, oldstate);
-#endif
-		conn_close(ctx, c, key, now);
-	}
-	return 0;
-}
-
-static __always_inline int handle_retransmit(void *ctx, const void *sk, int state, int err,
-					     const struct st_tuple *t)
-{
-	u64 key = (u64)sk;
-	u32 netns = 0;
-	struct st_event ev;
-	struct st_conn *c;
-
-	if (!sock_in_scope(sk, t->sport, t->dport, &netns))
-		return 0;
-	fill_event(&ev, KIND_RETRANSMIT, netns, t);
-	ev.state = state;
-	ev.reason = err;
-	c = conns.lookup(&key);
-	if (c) {
-		if (state == ST_TCP_SYN_SENT)
-			ev.value = ++c->syn_retrans;
-		else
-			ev.value = ++c->retrans;
-		c->flags |= CONN_RETRANS;
-	}
-	set_owner(&ev, c);
-	submit_event(ctx, &ev);
-	return 0;
-}
-
-/* sk is the listener; the tuple is the request's (local = the listener's side). */
-static __always_inline int handle_synack(void *ctx, const void *sk, const struct st_tuple *t)
-{
-	u32 netns = 0;
-	struct st_event ev;
-
-	if (!ports_in_scope(t->sport, t->dport))
-		return 0;
-	netns = sk_netns(sk);
-	if (!netns_in_scope(netns))
-		return 0;
-	fill_event(&ev, KIND_SYNACK_RETRANSMIT, netns, t);
-	ev.state = ST_TCP_SYN_RECV;
-	submit_event(ctx, &ev);
-	return 0;
 }
 
 /* ---- folding of repeated evidence ----
@@ -529,53 +345,6 @@ static __always_inline int fold(struct st_event *ev, u16 port)
 #endif
 }
 
-/* Is a reset worth an event? Resets are evidence when a connection is refused or dies in its
- * handshake, or hits a connection already worth sending; the seed's server closes every
- * connection with SO_LINGER {1, 0}, so a reset ending an ordinary connection is only counted
- * in its st_conn (resets, CONN_RESET). */
-static __always_inline int reset_is_evidence(const void *sk, int state, struct st_conn *c)
-{
-#ifdef ALL_EVENTS
-	return 1;
-#endif
-	if (sk && state == ST_TCP_CLOSE)
-		return 0; /* our own abortive close (linger 0, unread data): already CLOSEd */
-	if (!c || c->state == ST_TCP_SYN_SENT || c->state == ST_TCP_SYN_RECV)
-		return 1;
-	if (c->flags & (CONN_SLOW_CONNECT | CONN_RETRANS))
-		return 1;
-	return c->t_open && bpf_ktime_get_ns() - c->t_open > SLOW_CONN_NS;
-}
-
-static __always_inline int handle_reset(void *ctx, u8 kind, const void *sk, u32 netns,
-					int state, int reason, const struct st_tuple *t)
-{
-	struct st_event ev;
-	struct st_conn *c = NULL;
-	if (sk) {
-		u64 key = (u64)sk;
-		c = conns.lookup(&key);
-		if (c) {
-			c->resets++;
-			c->flags |= CONN_RESET;
-		}
-	}
-	if (!reset_is_evidence(sk, state, c))
-		return 0;
-	fill_event(&ev, kind, netns, t);
-	set_owner(&ev, c);
-	ev.state = state;
-	ev.reason = reason;
-	ev.value2 = 1;
-	/* refused connections repeat: fold them (by the refused port) */
-	if (!sk && !fold(&ev, t->sport))
-		return 0;
-	if (c && c->state == ST_TCP_SYN_SENT && !fold(&ev, t->dport))
-		return 0;
-	submit_event(ctx, &ev);
-	return 0;
-}
-
 /* netns of a packet: its socket's, else its device's (skb->dev->nd_net.net->ns.inum). */
 static __always_inline u32 skb_netns(const void *skb, const void *sk)
 {
@@ -631,90 +400,6 @@ static __always_inline u8 skb_read_tuple(const void *skb, struct st_tuple *t)
 		t->sport = st_ntohs(ports[1]);
 	}
 	return l4;
-}
-
-/* skb:kfree_skb: TCP packets of traced ports dropped with a reason (reason < 0: this kernel
- * gives none). Unread data discarded at close (QUEUE_PURGE) is not a lost packet. */
-static __always_inline int handle_drop(void *ctx, const void *skb, const void *rx_sk,
-				       u64 location, int reason)
-{
-	struct st_tuple t = {};
-	struct st_event ev;
-	u32 netns;
-
-	if (reason >= 0 && (reason <= SKB_CONSUMED_REASON || reason == DROP_REASON_QUEUE_PURGE))
-		return 0;
-	if (skb_read_tuple(skb, &t) != ST_IPPROTO_TCP)
-		return 0;
-	if (!ports_in_scope(t.sport, t.dport))
-		return 0;
-	netns = skb_netns(skb, rx_sk);
-	if (!netns_in_scope(netns))
-		return 0;
-	fill_event(&ev, KIND_DROP, netns, &t);
-	if (rx_sk) {
-		u64 key = (u64)rx_sk;
-		set_owner(&ev, conns.lookup(&key));
-		ev.state = sk_read_state(rx_sk);
-	}
-	ev.reason = reason < 0 ? 0 : reason;
-	ev.value = (s64)location;
-	if (!fold(&ev, t.sport))
-		return 0;
-	submit_event(ctx, &ev);
-	return 0;
-}
-
-/* tcp:tcp_send_reset: sk is NULL for a reset answering a packet no socket wanted. */
-static __always_inline int handle_reset_sent(void *ctx, const void *sk, const void *skb,
-					     int state, int reason, const struct st_tuple *t)
-{
-	u32 netns;
-	if (sk) {
-		if (!sock_in_scope(sk, t->sport, t->dport, &netns))
-			return 0;
-	} else {
-		if (!ports_in_scope(t->sport, t->dport))
-			return 0;
-		netns = skb_netns(skb, NULL);
-		if (!netns_in_scope(netns))
-			return 0;
-	}
-	return handle_reset(ctx, KIND_RESET_SENT, sk, netns, state, reason, t);
-}
-
-/* accept() returned socket `sk` to the current task: the wait since its ESTABLISHED. */
-static __always_inline int handle_accepted(void *ctx, const void *sk)
-{
-	u64 key = (u64)sk, now, id;
-	struct st_conn *c = conns.lookup(&key);
-	if (!c || c->role != ROLE_SERVER)
-		return 0;
-	id = bpf_get_current_pid_tgid();
-	c->pid = id >> 32;
-	bpf_get_current_comm(c->comm, sizeof(c->comm));
-	c->flags |= CONN_ACCEPTED;
-	learn_pid(c->pid);
-	if (!c->t_established)
-		return 0;
-	now = bpf_ktime_get_ns();
-	hist_add(HIST_ACCEPT_WAIT, now - c->t_established);
-	if (now - c->t_established > ACCEPT_THRESHOLD_NS) {
-		struct st_event ev;
-		struct st_tuple t = {};
-		__builtin_memcpy(t.saddr, c->saddr, 16);
-		__builtin_memcpy(t.daddr, c->daddr, 16);
-		t.sport = c->sport;
-		t.dport = c->dport;
-		t.family = c->family;
-		fill_event(&ev, KIND_ACCEPT_WAIT, c->netns, &t);
-		set_current(&ev);
-		ev.state = c->state;
-		ev.value = now - c->t_established;
-		ev.value2 = c->t_established;
-		submit_event(ctx, &ev);
-	}
-	return 0;
 }
 
 #endif /* SPIKETRACE_COMMON_H */

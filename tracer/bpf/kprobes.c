@@ -5,7 +5,7 @@
  * but the tests still load them so that the verifier checks them.
  */
 #include <uapi/linux/ptrace.h>
-#include "common.h"
+#include "handlers.h"
 
 #ifdef USE_KP_RETRANSMIT
 /* int tcp_retransmit_skb(struct sock *sk, struct sk_buff *skb, int segs) */
@@ -13,8 +13,7 @@ int kp_tcp_retransmit_skb(struct pt_regs *ctx)
 {
 	const void *sk = (const void *)PT_REGS_PARM1(ctx);
 	struct st_tuple t = {};
-	sk_read_tuple(sk, &t);
-	return handle_retransmit(ctx, sk, sk_read_state(sk), 0, &t);
+	return handle_retransmit(ctx, sk, sk_read_state(sk), 0, &t, 0);
 }
 #endif
 
@@ -35,8 +34,7 @@ int kp_tcp_set_state(struct pt_regs *ctx)
 {
 	const void *sk = (const void *)PT_REGS_PARM1(ctx);
 	struct st_tuple t = {};
-	sk_read_tuple(sk, &t);
-	return handle_state(ctx, sk, sk_read_state(sk), (int)PT_REGS_PARM2(ctx), &t);
+	return handle_state(ctx, sk, sk_read_state(sk), (int)PT_REGS_PARM2(ctx), &t, 0);
 }
 #endif
 
@@ -48,10 +46,16 @@ int kp_tcp_time_wait(struct pt_regs *ctx)
 	struct st_tuple t = {};
 	u64 key = (u64)sk;
 	u32 netns = 0;
-	sk_read_tuple(sk, &t);
-	if (!sock_in_scope(sk, t.sport, t.dport, &netns))
-		return 0;
-	emit_time_wait(ctx, conns.lookup(&key), netns, &t, sk_read_state(sk));
+	struct st_conn *c = conns.lookup(&key);
+	if (c) {
+		netns = c->netns;
+		conn_tuple(c, &t);
+	} else {
+		sk_read_tuple(sk, &t);
+		if (!sock_scope(sk, t.sport, t.dport, &netns))
+			return 0;
+	}
+	emit_time_wait(ctx, c, netns, &t, sk_read_state(sk));
 	return 0;
 }
 #endif

@@ -9,7 +9,7 @@
  * is skipped only if it interrupts itself. The argument counts (RAW_<event>_NARGS) come from
  * BTF (`btf_trace_<event>`), since some tracepoints gained arguments over time.
  */
-#include "common.h"
+#include "handlers.h"
 
 #define RAW_ARG(ctx, i) (((struct bpf_raw_tracepoint_args *)(ctx))->args[i])
 
@@ -23,8 +23,7 @@ int raw_inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
 	bpf_probe_read_kernel(&protocol, 2, (char *)sk + OFF_SK_PROTOCOL);
 	if (protocol != ST_IPPROTO_TCP)
 		return 0;
-	sk_read_tuple(sk, &t);
-	return handle_state(ctx, sk, (int)RAW_ARG(ctx, 1), (int)RAW_ARG(ctx, 2), &t);
+	return handle_state(ctx, sk, (int)RAW_ARG(ctx, 1), (int)RAW_ARG(ctx, 2), &t, 0);
 }
 #endif
 
@@ -35,11 +34,10 @@ int raw_tcp_retransmit_skb(struct bpf_raw_tracepoint_args *ctx)
 	const void *sk = (const void *)RAW_ARG(ctx, 0);
 	struct st_tuple t = {};
 	int err = 0;
-	sk_read_tuple(sk, &t);
 #if RAW_tcp_retransmit_skb_NARGS >= 3
 	err = (int)RAW_ARG(ctx, 2);
 #endif
-	return handle_retransmit(ctx, sk, sk_read_state(sk), err, &t);
+	return handle_retransmit(ctx, sk, sk_read_state(sk), err, &t, 0);
 }
 #endif
 
@@ -65,19 +63,9 @@ int raw_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
 #if RAW_tcp_send_reset_NARGS >= 3
 	reason = (int)RAW_ARG(ctx, 2);
 #endif
-	/* a reset answers skb when there is one (the tuple from the receiver's side, as the
-	 * tracepoint shows it); an active reset (abort, linger 0) has only the socket */
-	if (skb) {
-		if (skb_read_tuple(skb, &t) != ST_IPPROTO_TCP)
-			return 0;
-	} else if (sk) {
-		sk_read_tuple(sk, &t);
-	} else {
-		return 0;
-	}
 	if (sk)
 		state = sk_read_state(sk);
-	return handle_reset_sent(ctx, sk, skb, state, reason, &t);
+	return handle_reset_sent(ctx, sk, skb, state, reason, &t, 0);
 }
 #endif
 
@@ -85,13 +73,8 @@ int raw_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
 /* tcp_receive_reset(struct sock *sk) */
 int raw_tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)
 {
-	const void *sk = (const void *)RAW_ARG(ctx, 0);
 	struct st_tuple t = {};
-	u32 netns;
-	sk_read_tuple(sk, &t);
-	if (!sock_in_scope(sk, t.sport, t.dport, &netns))
-		return 0;
-	return handle_reset(ctx, KIND_RESET_RECEIVED, sk, netns, sk_read_state(sk), 0, &t);
+	return handle_reset_received(ctx, (const void *)RAW_ARG(ctx, 0), &t, 0);
 }
 #endif
 

@@ -6,7 +6,7 @@
  * the wakeup (or preemption: the tracepoint record's prev_state shows 0x100 = TASK_REPORT_MAX
  * on 6.x, the raw tracepoint has a `preempt` argument) to the thread's next sched_switch in.
  */
-#include "common.h"
+#include "handlers.h"
 
 #if defined(USE_TP_RUNQ_DELAY) || defined(USE_RAW_RUNQ_DELAY)
 static __always_inline int tracked_task(u32 tgid)

@@ -8,7 +8,7 @@
  * ->private_data->sk, offsets from BTF) and looked up in the connection table, which holds the
  * server-side ESTABLISHED time: the exact inet_csk_accept wait, without a kretprobe.
  */
-#include "common.h"
+#include "handlers.h"
 
 struct connect_args {
 	u16 family;

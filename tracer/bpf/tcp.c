@@ -5,7 +5,7 @@
  * tracer/probes.py) rather than through BCC's generated structs, which do not compile for
  * every kernel (6.18's tcp_send_reset has an `enum sk_rst_reason` and sockaddr addresses).
  */
-#include "common.h"
+#include "handlers.h"
 
 /* 4-tuple from a tcp/sock tracepoint record with sport/dport/family/saddr[4]/saddr_v6[16]. */
 #define TP_TUPLE(ctx, ev, t)                                                             \
@@ -32,7 +32,7 @@ int tp_tcp_retransmit_skb(void *ctx)
 	err = TP_FIELD(ctx, int, TPO_tcp_retransmit_skb_err);
 #endif
 	return handle_retransmit(ctx, TP_FIELD(ctx, void *, TPO_tcp_retransmit_skb_skaddr),
-				 TP_FIELD(ctx, int, TPO_tcp_retransmit_skb_state), err, &t);
+				 TP_FIELD(ctx, int, TPO_tcp_retransmit_skb_state), err, &t, 1);
 }
 #endif
 
@@ -54,7 +54,7 @@ int tp_inet_sock_set_state(void *ctx)
 	TP_TUPLE(ctx, inet_sock_set_state, t);
 	return handle_state(ctx, TP_FIELD(ctx, void *, TPO_inet_sock_set_state_skaddr),
 			    TP_FIELD(ctx, int, TPO_inet_sock_set_state_oldstate),
-			    TP_FIELD(ctx, int, TPO_inet_sock_set_state_newstate), &t);
+			    TP_FIELD(ctx, int, TPO_inet_sock_set_state_newstate), &t, 1);
 }
 #endif
 
@@ -90,7 +90,7 @@ int tp_tcp_send_reset(void *ctx)
 	reason = TP_FIELD(ctx, int, TPO_tcp_send_reset_reason);
 #endif
 	return handle_reset_sent(ctx, sk, TP_FIELD(ctx, void *, TPO_tcp_send_reset_skbaddr), state,
-				 reason, &t);
+				 reason, &t, 1);
 }
 #endif
 
@@ -98,12 +98,8 @@ int tp_tcp_send_reset(void *ctx)
 int tp_tcp_receive_reset(void *ctx)
 {
 	struct st_tuple t = {};
-	const void *sk = TP_FIELD(ctx, void *, TPO_tcp_receive_reset_skaddr);
-	u32 netns;
 	TP_TUPLE(ctx, tcp_receive_reset, t);
-	if (!sock_in_scope(sk, t.sport, t.dport, &netns))
-		return 0;
-	return handle_reset(ctx, KIND_RESET_RECEIVED, sk, netns, sk_read_state(sk), 0, &t);
+	return handle_reset_received(ctx, TP_FIELD(ctx, void *, TPO_tcp_receive_reset_skaddr), &t, 1);
 }
 #endif
 

@@ -1,0 +1,408 @@
+/* handlers.h — the logic shared by every probe: connection tracking and the evidence rules.
+ *
+ * Each probe (tcp.c: tracepoints, rawtp.c: raw tracepoints, kprobes.c) only takes its
+ * arguments out of a record or out of pt_regs and calls a handle_*() here, so a tracepoint and
+ * its fallbacks share one body.
+ *
+ * Tuples are lazy: a tracepoint record carries the 4-tuple (have = 1), a raw tracepoint or a
+ * kprobe has only the socket (have = 0) and reads it through BTF offsets only when needed; most
+ * calls concern an already-tracked socket whose tuple is in its st_conn, and cost one map
+ * lookup.
+ */
+#ifndef SPIKETRACE_HANDLERS_H
+#define SPIKETRACE_HANDLERS_H
+
+#include "common.h"
+
+static __always_inline void ensure_tuple(const void *sk, struct st_tuple *t, int *have)
+{
+	if (!*have) {
+		sk_read_tuple(sk, t);
+		*have = 1;
+	}
+}
+
+static __always_inline void conn_tuple(const struct st_conn *c, struct st_tuple *t)
+{
+	__builtin_memcpy(t->saddr, c->saddr, 16);
+	__builtin_memcpy(t->daddr, c->daddr, 16);
+	t->sport = c->sport;
+	t->dport = c->dport;
+	t->family = c->family;
+}
+
+/* connect() picks the local port after CLOSE -> SYN_SENT: fill it in once it exists. */
+static __always_inline void conn_fix_port(struct st_conn *c, const void *sk, struct st_tuple *t,
+					  int *have)
+{
+	if (c->sport)
+		return;
+	ensure_tuple(sk, t, have);
+	if (t->sport) {
+		c->sport = t->sport;
+		__builtin_memcpy(c->saddr, t->saddr, 16);
+	}
+}
+
+/* ---- connection tracking: one st_conn per socket, from its first state to CLOSE ---- */
+
+static __always_inline void conn_close(void *ctx, struct st_conn *c, u64 key, u64 now)
+{
+	c->t_close = now;
+	if (c->t_open) {
+		u64 life = now - c->t_open;
+		hist_add(HIST_LIFETIME, life);
+		if (life > SLOW_CONN_NS)
+			c->flags |= CONN_SLOW_LIFETIME;
+	}
+	count(CTR_CONN_COUNTED);
+	if (c->flags & (CONN_SLOW_CONNECT | CONN_SLOW_LIFETIME | CONN_RETRANS))
+		submit_conn(ctx, c);
+	conns.delete(&key);
+}
+
+static __always_inline void emit_time_wait(void *ctx, struct st_conn *c, u32 netns,
+					   const struct st_tuple *t, u8 state)
+{
+	struct st_event ev;
+	count(CTR_TIME_WAIT);
+	if (c)
+		c->flags |= CONN_TIME_WAIT;
+#ifndef ALL_EVENTS
+	/* Every active close enters TIME_WAIT: send it only as part of a connection already worth
+	 * sending; the TIME_WAIT census (counters.parquet) covers the rest. */
+	if (!c || !(c->flags & (CONN_SLOW_CONNECT | CONN_RETRANS)))
+		return;
+#endif
+	fill_event(&ev, KIND_TIME_WAIT, netns, t);
+	set_owner(&ev, c);
+	ev.state = state;
+	ev.new_state = ST_TCP_TIME_WAIT;
+	submit_event(ctx, &ev);
+}
+
+/* The first state change seen of a socket: a new entry in `conns`. */
+static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u32 netns,
+						 const struct st_tuple *t, u64 now)
+{
+	u64 key = (u64)sk;
+	struct st_conn zero;
+
+	__builtin_memset(&zero, 0, sizeof(zero));
+	zero.netns = netns;
+	zero.sport = t->sport;
+	zero.dport = t->dport;
+	zero.family = t->family;
+	__builtin_memcpy(zero.saddr, t->saddr, 16);
+	__builtin_memcpy(zero.daddr, t->daddr, 16);
+	if (newstate == ST_TCP_SYN_SENT) {
+		/* connect() runs in the connecting task's context */
+		zero.role = ROLE_CLIENT;
+		zero.t_open = now;
+		zero.pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(zero.comm, sizeof(zero.comm));
+	} else if (newstate == ST_TCP_SYN_RECV) {
+		/* a child socket, created when the handshake's final ACK arrived (softirq: the
+		 * owner is learned at accept()) */
+		zero.role = ROLE_SERVER;
+		zero.t_open = now;
+	} else {
+		zero.flags = CONN_PARTIAL;
+	}
+	zero.state = newstate;
+	conns.update(&key, &zero);
+	return conns.lookup(&key);
+}
+
+/* A socket not tracked yet: in scope by ports and netns, or (pids/cgroup only) when a traced
+ * task connects it. */
+static __always_inline int new_sock_in_scope(const void *sk, int newstate, struct st_tuple *t,
+					     int *have, u32 *netns)
+{
+#if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
+	if (newstate != ST_TCP_SYN_SENT || !task_in_scope(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	ensure_tuple(sk, t, have);
+	*netns = sk_netns(sk);
+	return netns_in_scope(*netns);
+#else
+	ensure_tuple(sk, t, have);
+	return sock_scope(sk, t->sport, t->dport, netns);
+#endif
+}
+
+static __always_inline int handle_state(void *ctx, const void *sk, int oldstate, int newstate,
+					struct st_tuple *t, int have)
+{
+	u64 key = (u64)sk, now;
+	u32 netns = 0;
+	struct st_conn *c;
+
+	if (newstate == ST_TCP_LISTEN || (oldstate == ST_TCP_LISTEN && newstate == ST_TCP_CLOSE))
+		return 0; /* listeners are not connections */
+	c = conns.lookup(&key);
+	if (c) {
+		netns = c->netns;
+	} else {
+		if (!new_sock_in_scope(sk, newstate, t, &have, &netns))
+			return 0;
+		if (newstate != ST_TCP_CLOSE)
+			c = conn_open(sk, newstate, netns, t, bpf_ktime_get_ns());
+	}
+	now = bpf_ktime_get_ns();
+#ifdef ALL_EVENTS
+	{
+		struct st_event ev;
+		ensure_tuple(sk, t, &have);
+		fill_event(&ev, KIND_STATE_CHANGE, netns, t);
+		set_owner(&ev, c);
+		ev.state = oldstate;
+		ev.new_state = newstate;
+		submit_event(ctx, &ev);
+	}
+#endif
+	if (!c)
+		return 0;
+	c->state = newstate;
+	conn_fix_port(c, sk, t, &have);
+	if (newstate == ST_TCP_ESTABLISHED && !c->t_established) {
+		c->t_established = now;
+		if (c->role == ROLE_CLIENT && c->t_open) {
+			u64 d = now - c->t_open;
+			hist_add(HIST_CONNECT, d);
+			if (d > SLOW_CONN_NS)
+				c->flags |= CONN_SLOW_CONNECT;
+		}
+	} else if (newstate == ST_TCP_CLOSE) {
+		if (oldstate == ST_TCP_SYN_SENT && (c->flags & CONN_RESET))
+			c->flags |= CONN_REFUSED;
+#ifndef USE_KP_TIME_WAIT
+		/* tcp_time_wait() hands the connection to a timewait socket and closes the full
+		 * socket: FIN_WAIT2 -> CLOSE (FIN received, or orphan FIN_WAIT2 timeout) or
+		 * CLOSING -> CLOSE (simultaneous close). A reset in those states closes it
+		 * without TIME_WAIT, so sockets that saw a reset are left out. */
+		if ((oldstate == ST_TCP_FIN_WAIT2 || oldstate == ST_TCP_CLOSING) &&
+		    !(c->flags & CONN_RESET)) {
+			struct st_tuple ct = {};
+			conn_tuple(c, &ct);
+			emit_time_wait(ctx, c, netns, &ct, oldstate);
+		}
+#endif
+		conn_close(ctx, c, key, now);
+	}
+	return 0;
+}
+
+static __always_inline int handle_retransmit(void *ctx, const void *sk, int state, int err,
+					     struct st_tuple *t, int have)
+{
+	u64 key = (u64)sk;
+	u32 netns = 0;
+	s64 nth = 0;
+	struct st_event ev;
+	struct st_conn *c = conns.lookup(&key);
+
+	if (c) {
+		netns = c->netns;
+		conn_fix_port(c, sk, t, &have);
+		conn_tuple(c, t);
+		nth = state == ST_TCP_SYN_SENT ? ++c->syn_retrans : ++c->retrans;
+		c->flags |= CONN_RETRANS;
+	} else {
+		ensure_tuple(sk, t, &have);
+		if (!sock_scope(sk, t->sport, t->dport, &netns))
+			return 0;
+	}
+	fill_event(&ev, KIND_RETRANSMIT, netns, t);
+	ev.value = nth;
+	ev.state = state;
+	ev.reason = err;
+	set_owner(&ev, c);
+	submit_event(ctx, &ev);
+	return 0;
+}
+
+/* sk is the listener; the tuple is the request's (local = the listener's side). */
+static __always_inline int handle_synack(void *ctx, const void *sk, const struct st_tuple *t)
+{
+	u32 netns = 0;
+	struct st_event ev;
+
+	if (!ports_in_scope(t->sport, t->dport))
+		return 0;
+	netns = sk_netns(sk);
+	if (!netns_in_scope(netns))
+		return 0;
+	fill_event(&ev, KIND_SYNACK_RETRANSMIT, netns, t);
+	ev.state = ST_TCP_SYN_RECV;
+	submit_event(ctx, &ev);
+	return 0;
+}
+
+/* Is a reset worth an event? Resets are evidence when a connection is refused or dies in its
+ * handshake, or hits a connection already worth sending; the seed's server closes every
+ * connection with SO_LINGER {1, 0}, so a reset ending an ordinary connection is only counted
+ * in its st_conn (resets, CONN_RESET). */
+static __always_inline int reset_is_evidence(const void *sk, int state, struct st_conn *c)
+{
+#ifdef ALL_EVENTS
+	return 1;
+#endif
+	if (sk && state == ST_TCP_CLOSE)
+		return 0; /* our own abortive close (linger 0, unread data): already CLOSEd */
+	if (!c || c->state == ST_TCP_SYN_SENT || c->state == ST_TCP_SYN_RECV)
+		return 1;
+	if (c->flags & (CONN_SLOW_CONNECT | CONN_RETRANS))
+		return 1;
+	return c->t_open && bpf_ktime_get_ns() - c->t_open > SLOW_CONN_NS;
+}
+
+/* Count a reset in its connection and send it if it is evidence (tuple already known). */
+static __always_inline int emit_reset(void *ctx, u8 kind, const void *sk, struct st_conn *c,
+				      u32 netns, int state, int reason, const struct st_tuple *t)
+{
+	struct st_event ev;
+	if (c) {
+		c->resets++;
+		c->flags |= CONN_RESET;
+	}
+	if (!reset_is_evidence(sk, state, c))
+		return 0;
+	fill_event(&ev, kind, netns, t);
+	set_owner(&ev, c);
+	ev.state = state;
+	ev.reason = reason;
+	ev.value2 = 1;
+	/* refused connections repeat: fold them (by the refused port) */
+	if (!sk && !fold(&ev, t->sport))
+		return 0;
+	if (c && c->state == ST_TCP_SYN_SENT && !fold(&ev, t->dport))
+		return 0;
+	submit_event(ctx, &ev);
+	return 0;
+}
+
+/* tcp:tcp_receive_reset */
+static __always_inline int handle_reset_received(void *ctx, const void *sk, struct st_tuple *t,
+						 int have)
+{
+	u64 key = (u64)sk;
+	u32 netns = 0;
+	struct st_conn *c = conns.lookup(&key);
+	if (c) {
+		netns = c->netns;
+		if (!have)
+			conn_tuple(c, t);
+	} else {
+		ensure_tuple(sk, t, &have);
+		if (!sock_scope(sk, t->sport, t->dport, &netns))
+			return 0;
+	}
+	return emit_reset(ctx, KIND_RESET_RECEIVED, sk, c, netns, sk_read_state(sk), 0, t);
+}
+
+/* tcp:tcp_send_reset: sk is NULL for a reset answering a packet no socket wanted. Without a
+ * tuple from the record, it is read from the packet answered (receiver's side, as the
+ * tracepoint shows it) or, for an active reset (abort, linger 0), from the socket. */
+static __always_inline int handle_reset_sent(void *ctx, const void *sk, const void *skb,
+					     int state, int reason, struct st_tuple *t, int have)
+{
+	u64 key = (u64)sk;
+	u32 netns = 0;
+	struct st_conn *c = NULL;
+
+	if (sk) {
+		c = conns.lookup(&key);
+		if (!c && state == ST_TCP_CLOSE)
+			return 0; /* our own abortive close of an untracked socket */
+	}
+	if (!have) {
+		if (skb) {
+			if (skb_read_tuple(skb, t) != ST_IPPROTO_TCP)
+				return 0;
+		} else if (c) {
+			conn_tuple(c, t);
+		} else if (sk) {
+			sk_read_tuple(sk, t);
+		} else {
+			return 0;
+		}
+	}
+	if (c) {
+		netns = c->netns;
+	} else if (sk) {
+		if (!sock_scope(sk, t->sport, t->dport, &netns))
+			return 0;
+	} else {
+		if (!ports_in_scope(t->sport, t->dport))
+			return 0;
+		netns = skb_netns(skb, NULL);
+		if (!netns_in_scope(netns))
+			return 0;
+	}
+	return emit_reset(ctx, KIND_RESET_SENT, sk, c, netns, state, reason, t);
+}
+
+/* skb:kfree_skb: TCP packets of traced ports dropped with a reason (reason < 0: this kernel
+ * gives none). Unread data discarded at close (QUEUE_PURGE) is not a lost packet. */
+static __always_inline int handle_drop(void *ctx, const void *skb, const void *rx_sk,
+				       u64 location, int reason)
+{
+	struct st_tuple t = {};
+	struct st_event ev;
+	u32 netns;
+
+	if (reason >= 0 && (reason <= SKB_CONSUMED_REASON || reason == DROP_REASON_QUEUE_PURGE))
+		return 0;
+	if (skb_read_tuple(skb, &t) != ST_IPPROTO_TCP)
+		return 0;
+	if (!ports_in_scope(t.sport, t.dport))
+		return 0;
+	netns = skb_netns(skb, rx_sk);
+	if (!netns_in_scope(netns))
+		return 0;
+	fill_event(&ev, KIND_DROP, netns, &t);
+	if (rx_sk) {
+		u64 key = (u64)rx_sk;
+		set_owner(&ev, conns.lookup(&key));
+		ev.state = sk_read_state(rx_sk);
+	}
+	ev.reason = reason < 0 ? 0 : reason;
+	ev.value = (s64)location;
+	if (!fold(&ev, t.sport))
+		return 0;
+	submit_event(ctx, &ev);
+	return 0;
+}
+
+/* accept() returned socket `sk` to the current task: the wait since its ESTABLISHED. */
+static __always_inline int handle_accepted(void *ctx, const void *sk)
+{
+	u64 key = (u64)sk, now, id;
+	struct st_conn *c = conns.lookup(&key);
+	if (!c || c->role != ROLE_SERVER)
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	c->pid = id >> 32;
+	bpf_get_current_comm(c->comm, sizeof(c->comm));
+	c->flags |= CONN_ACCEPTED;
+	learn_pid(c->pid);
+	if (!c->t_established)
+		return 0;
+	now = bpf_ktime_get_ns();
+	hist_add(HIST_ACCEPT_WAIT, now - c->t_established);
+	if (now - c->t_established > ACCEPT_THRESHOLD_NS) {
+		struct st_event ev;
+		struct st_tuple t = {};
+		conn_tuple(c, &t);
+		fill_event(&ev, KIND_ACCEPT_WAIT, c->netns, &t);
+		set_current(&ev);
+		ev.state = c->state;
+		ev.value = now - c->t_established;
+		ev.value2 = c->t_established;
+		submit_event(ctx, &ev);
+	}
+	return 0;
+}
+
+#endif /* SPIKETRACE_HANDLERS_H */
