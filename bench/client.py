@@ -152,6 +152,13 @@ def _new_socket(opts: ClientOptions):
     return s
 
 
+def _sockname(s):
+    try:
+        return s.getsockname()
+    except OSError:
+        return "", 0
+
+
 def _read_rest(s, view, got: int, want: int) -> int:
     recv_into = s.recv_into
     while got < want:
@@ -209,15 +216,16 @@ def _transactions(worker: int, opts: ClientOptions, buf: RowBuffer, progress, st
                 progress[p_done] = done
                 continue
         t1 = mono()
-        laddr, lport = s.getsockname()
         t2 = t3 = 0
-        outcome = OK
         try:
             if split:
                 s.sendall(part1)
                 s.sendall(part2)
             else:
                 s.sendall(msg)
+            # bookkeeping while the server works on the request: off the critical path
+            laddr, lport = s.getsockname()
+            outcome = OK
             n = s.recv_into(view, P)
             if n < P:
                 n = _read_rest(s, view, n, P)
@@ -239,8 +247,10 @@ def _transactions(worker: int, opts: ClientOptions, buf: RowBuffer, progress, st
                     t3 = mono()
         except ConnectionResetError as exc:
             outcome, err = RESET, exc.errno
+            laddr, lport = _sockname(s)
         except OSError as exc:
             outcome, err = ERROR, exc.errno or 0
+            laddr, lport = _sockname(s)
         s.close()
         t4 = mono()
         record((k, laddr, lport, t0, t1, t2, t3, t4, attempts, err, outcome))
