@@ -252,9 +252,11 @@ class TableWriter:
         self.columns: Dict[str, list] = {name: [] for name in self.schema.names}
         self.rows_written = 0
         self._seq = 0
+        self._arrow: List[pa.Table] = []  # data appended already converted (append_arrow)
+        self._arrow_rows = 0
 
     def __len__(self) -> int:
-        return len(self.columns[self.schema.names[0]])
+        return len(self.columns[self.schema.names[0]]) + self._arrow_rows
 
     def append(self, row: Dict[str, Any]) -> None:
         for name, col in self.columns.items():
@@ -269,11 +271,29 @@ class TableWriter:
         if len(self) >= self.chunk_rows:
             self.flush()
 
+    def append_arrow(self, data) -> None:
+        """Append rows already converted to Arrow (a Table or RecordBatch of this schema).
+
+        For writers that convert small slices of rows as they go and want `flush()` to do
+        only Arrow work (which releases the GIL, so it can run in a background thread).
+        """
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        if not data.schema.equals(self.schema):
+            data = data.select(self.schema.names).cast(self.schema)
+        self._arrow.append(data)
+        self._arrow_rows += data.num_rows
+        if len(self) >= self.chunk_rows:
+            self.flush()
+
     def flush(self) -> Optional[Path]:
         n = len(self)
         if n == 0:
             return None
-        table = pa.Table.from_pydict(self.columns, schema=self.schema)
+        tables = list(self._arrow)
+        if len(self.columns[self.schema.names[0]]):
+            tables.append(pa.Table.from_pydict(self.columns, schema=self.schema))
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         while True:
             self._seq += 1
             part = self.dir / f"{self.prefix}-{self._seq:06d}.parquet"
@@ -283,6 +303,7 @@ class TableWriter:
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, part)
         self.columns = {name: [] for name in self.schema.names}
+        self._arrow, self._arrow_rows = [], 0
         self.rows_written += n
         return part
 
