@@ -180,7 +180,12 @@ def _unexplained_sentences(ctx: Context, spikes: np.ndarray, lat: np.ndarray, ex
             own = ctx.ev_ti[e] == spikes[r]
             where = ("during it" if dist[r] == 0 else
                      f"{fmt_ns(dist[r])} {'before' if t_ev[e] < t_start[r] else 'after'} it")
-            conn = "on this connection" if own else f"on another connection (ports {sport[e]}->{dport[e]})"
+            if own:
+                conn = "on this connection"
+            elif sport[e] == 0 and dport[e] == 0:  # per-thread evidence (run-queue delay): no socket
+                conn = f"of thread {ev['pid'].iat[e]} ({ev['comm'].iat[e]})"
+            else:
+                conn = f"on another connection (ports {sport[e]}->{dport[e]})"
             text = (f"No kernel evidence accounts for {missing} of its {fmt_ns(lat[r])}; the nearest kernel event "
                     f"was a {kinds.iat[e]} {conn}, {where}"
                     + (f" at {fmt_rel(t_ev[e] - t_start[r])}" if dist[r] == 0 else ""))
