@@ -73,8 +73,10 @@ BPF_PERF_OUTPUT(events);
 BPF_HASH(ports, u16, u8, 1024);                   /* traced ports, host byte order */
 BPF_HASH(pids, u32, u8, 65536);                   /* tgid -> PID_USER | PID_LEARNED */
 BPF_TABLE("lru_hash", u32, u8, tids, 65536);      /* threads of traced tgids (sched) */
-BPF_TABLE("lru_hash", u32, u64, runnable, 65536); /* tid -> when it became runnable */
-BPF_TABLE("lru_hash", u64, struct st_conn, conns, 65536); /* sock address -> connection */
+/* Plain (preallocated) hashes where entries are deleted by the program itself: cheaper updates
+ * than LRU. A full `conns` (65536 sockets open at once) leaves new ones untracked. */
+BPF_HASH(runnable, u32, u64, 65536);              /* tid -> when it became runnable */
+BPF_HASH(conns, u64, struct st_conn, 65536);      /* sock address -> connection */
 BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 BPF_PERCPU_ARRAY(hists, u64, HIST_N * HIST_BUCKETS);
 #ifdef FILTER_CGROUP

@@ -110,8 +110,7 @@ static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u
 		zero.flags = CONN_PARTIAL;
 	}
 	zero.state = newstate;
-	conns.update(&key, &zero);
-	return conns.lookup(&key);
+	return conns.lookup_or_try_init(&key, &zero);
 }
 
 /* A socket not tracked yet: in scope by ports and netns, or (pids/cgroup only) when a traced
