@@ -34,13 +34,22 @@ class Timeline:
     threshold_ns: float = 0.0
 
 
-def explain_transaction(run, txn_id: int, options: AnalysisOptions = AnalysisOptions()) -> Timeline:
-    ids = run.table("transactions", columns=["id"])["id"].to_numpy()
+def explain_transaction(run, txn_id: int, options: AnalysisOptions = AnalysisOptions(), app_log=None) -> Timeline:
+    result = analyse(run, dataclasses.replace(options, only_ids=[int(txn_id)]), app_log=app_log)
+    ids = result.context.frames.txn["id"].to_numpy()
     if not np.isin(txn_id, ids):
         hint = f" (ids go from {ids.min()} to {ids.max()})" if len(ids) else ""
         raise SpikeTraceError(f"{run.path}: no transaction with id {txn_id}{hint}")
-    result = analyse(run, dataclasses.replace(options, only_ids=[int(txn_id)]))
     return build_timeline(result, int(txn_id))
+
+
+# what the phases are when the transactions are kernel connections or application log entries
+PHASE_TEXT = {
+    "connections": {"t_start": "SYN sent (connection opened)", "t_connected": "ESTABLISHED",
+                    "t_reply1": "first data", "t_end": "connection closed"},
+    "app_log": {"t_start": "entry starts (application log)", "t_connected": "ESTABLISHED (kernel)",
+                "t_reply1": "first data (kernel)", "t_end": "entry ends (application log)"},
+}
 
 
 def build_timeline(result: AnalysisResult, txn_id: int) -> Timeline:
@@ -54,7 +63,9 @@ def build_timeline(result: AnalysisResult, txn_id: int) -> Timeline:
     def add(t: int, column: str, text: str, ev_row: int = -1) -> None:
         rows.append({"t_ns": int(t), "t_rel_ns": int(t) - t0, "column": column, "text": text, "ev_row": ev_row})
 
+    texts = PHASE_TEXT.get(ctx.frames.source, {})
     for col, text in CLIENT_PHASES:
+        text = texts.get(col, text)
         if row[col]:
             extra = ""
             if col == "t_connected" and row["connect_attempts"] > 1:

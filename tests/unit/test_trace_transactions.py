@@ -128,3 +128,17 @@ def test_refused_connections_are_failed_connects(tmp_path):
     assert result.summary["counts"]["outcomes"] == {"connect_failed": 1}
     assert rundir.SCHEMAS["explanations"].names == list(
         RunDir.open(run.path).table("explanations").columns)
+
+
+def test_explain_shows_a_kernel_connection_timeline(tmp_path):
+    from analysis.timeline import explain_transaction
+
+    app = ClosedLoopApp(workers=1, n=100, spikes={(0, 10): 1.0})
+    run = TraceRun(tmp_path / "run")
+    app.record(run)
+    run.write()
+    tl = explain_transaction(RunDir.open(run.path), 0)
+    texts = [r["text"] for r in tl.rows]
+    assert texts[0] == "SYN sent (connection opened)" and "connection closed" in texts
+    assert any(t.startswith("SYN retransmit") for t in texts)
+    assert tl.slow and tl.explanation["cause"] == "syn_retransmit"
