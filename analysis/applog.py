@@ -505,9 +505,11 @@ def _match_by_order(files: List[np.ndarray], dur, k, k_life, used, kernel_slow_n
             groups[pid] = cand[np.argsort(t_open[cand], kind="stable")]
     scores = []
     for f, idx in enumerate(files):
-        slow = idx[dur[idx] >= 0.8 * kernel_slow_ns]
+        pos = np.flatnonzero(dur[idx] >= 0.8 * kernel_slow_ns)
+        slow = idx[pos]
+        before = np.concatenate([[0], np.cumsum(dur[idx])])[pos]  # time logged before each
         for pid, cand in groups.items():
-            pairs = _lcs(dur[slow], k_life[cand])
+            pairs = _consistent(_lcs(dur[slow], k_life[cand]), before, t_open[cand])
             if pairs:
                 scores.append((len(pairs), f, pid, slow, cand, pairs))
     done_f, done_p = set(), set()
@@ -521,6 +523,20 @@ def _match_by_order(files: List[np.ndarray], dur, k, k_life, used, kernel_slow_n
             how[slow[a]] = "order"
             dist[slow[a]] = int(abs(k_life[cand[b]] - dur[slow[a]]))
             used[cand[b]] = True
+
+
+def _consistent(pairs: List[Tuple[int, int]], before: np.ndarray, opens: np.ndarray) -> List[Tuple[int, int]]:
+    """Keep the pairs whose timing agrees with the log: between two matched entries, the entries
+    in between ran one after the other, so the kernel time between their connections' opens is at
+    least (nearly) the durations logged in between."""
+    out: List[Tuple[int, int]] = []
+    for a, b in pairs:
+        if out:
+            pa, pb = out[-1]
+            if opens[b] - opens[pb] < 0.9 * (before[a] - before[pa]) - 10 * MS:
+                continue
+        out.append((a, b))
+    return out
 
 
 def _agrees(duration: np.ndarray, lifetime: np.ndarray) -> np.ndarray:

@@ -144,3 +144,13 @@ def test_report_command_with_transactions(traced, tmp_path):
     assert "w0.verbose:" in md and "port, " in md and "application log: 2 file(s)" in md
     res = CliRunner().invoke(report_cmd, [str(run.path), "-t", str(tmp_path / "nope.log"), "--force"])
     assert isinstance(res.exception, SpikeTraceError) and "no such file" in str(res.exception)
+
+
+def test_order_matching_keeps_only_alignments_consistent_in_time(traced, tmp_path):
+    """Worker 0's spikes 30 and 31 are back to back; a log claiming 10 s of other entries between
+    them cannot be the process whose connections opened ~1 s apart."""
+    app, run = traced
+    p = tmp_path / "other.log"
+    p.write_text("1.02\n" + "0.001\n" * 10_000 + "1.02\n")
+    result = analyse(RunDir.open(run.path), app_log=read_app_log([p]))
+    assert result.summary["app_log"]["by_match"].get("order", 0) == 1
