@@ -164,16 +164,23 @@ def read_histograms(df: Optional[pd.DataFrame]) -> Dict[str, np.ndarray]:
     return out
 
 
+def bucket_range(b: int) -> Tuple[float, float]:
+    """The values [low, high) ns counted in log2 bucket b. The tracer's buckets are BCC's
+    `bpf_log2l(v)` = floor(log2 v) + 1 (as in bcc's tools and print_log2_hist): bucket b holds
+    [2^(b-1), 2^b), bucket 0 holds 0."""
+    if b <= 0:
+        return (0.0, 1.0)
+    return (float(2 ** (b - 1)), float(2 ** b))
+
+
 def hist_percentile(counts: np.ndarray, p: float) -> Tuple[float, float]:
-    """The range [2^b, 2^(b+1)) ns holding the p-th percentile of a log2 histogram (bucket b
-    counts values in [2^b, 2^(b+1)); bucket 0 also holds 0)."""
+    """The range [low, high) ns of the bucket holding the p-th percentile of a log2 histogram."""
     total = int(counts.sum())
     if total == 0:
         return (0.0, 0.0)
     rank = p / 100.0 * total
     b = int(np.searchsorted(np.cumsum(counts), max(rank, 1), side="left"))
-    b = min(b, len(counts) - 1)
-    return (0.0 if b == 0 else float(2 ** b), float(2 ** (b + 1)))
+    return bucket_range(min(b, len(counts) - 1))
 
 
 def hist_median_ns(counts: np.ndarray) -> float:
@@ -195,7 +202,8 @@ def hist_summary(hists: Dict[str, np.ndarray]) -> List[Dict[str, object]]:
         for p in HIST_PERCENTILES:
             lo, hi = hist_percentile(h, p)
             row[f"p{p:g}_ms"] = [lo / 1e6, hi / 1e6]
-        row["max_ms"] = [float(2 ** int(nz[-1])) / 1e6 if nz[-1] else 0.0, float(2 ** (int(nz[-1]) + 1)) / 1e6]
+        lo, hi = bucket_range(int(nz[-1]))
+        row["max_ms"] = [lo / 1e6, hi / 1e6]
         rows.append(row)
     return rows
 

@@ -92,7 +92,7 @@ class TraceRun:
 
     def histogram(self, name: str, values_ns) -> None:
         v = np.asarray(values_ns, dtype=np.int64)
-        b = np.where(v > 0, np.floor(np.log2(np.maximum(v, 1))), 0).astype(int)
+        b = np.where(v > 0, np.floor(np.log2(np.maximum(v, 1))) + 1, 0).astype(int)  # bpf_log2l
         h = self.hist.setdefault(name, np.zeros(64, dtype=np.int64))
         np.add.at(h, b, 1)
 

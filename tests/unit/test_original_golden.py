@@ -85,3 +85,10 @@ def test_without_the_application_log_the_kernel_connections_are_the_spikes(run):
     assert set(expl["cause"]) == {"syn_retransmit"}
     tr = result.summary["trace"]
     assert tr["connections_counted"] == 4000 and tr["connections_sent"] == len(expl)
+    # log2 buckets as the kernel counts them: the slowest connect (2.04 s, two SYN retransmits)
+    # lies in the max bucket's range, the median connect (tens of us) in the p50 one
+    connect = {h["name"]: h for h in tr["histograms"]}["connect_ns"]
+    k = result.context.frames.kernel
+    slowest = (k["t_established"] - k["t_open"]).max() / 1e6
+    assert connect["max_ms"][0] <= slowest < connect["max_ms"][1]
+    assert connect["p50_ms"][1] < 0.1

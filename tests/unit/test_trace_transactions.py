@@ -73,8 +73,9 @@ def test_spike_rule_takes_the_median_of_every_connection_from_the_histogram(tmp_
 
 
 def test_histogram_percentiles_are_bucket_ranges():
+    """Buckets are bpf_log2l's (floor(log2 v) + 1): bucket b holds [2^(b-1), 2^b) ns."""
     h = np.zeros(64, dtype=np.int64)
-    h[10], h[20], h[30] = 50, 45, 5  # [1024, 2048) ns, [1, 2) ms-ish, [1.07, 2.15) s
+    h[11], h[21], h[31] = 50, 45, 5  # [1024, 2048) ns, [1.05, 2.1) ms, [1.07, 2.15) s
     assert hist_percentile(h, 50) == (1024.0, 2048.0)
     assert hist_percentile(h, 51) == (2.0 ** 20, 2.0 ** 21)
     assert hist_percentile(h, 99) == (2.0 ** 30, 2.0 ** 31)
