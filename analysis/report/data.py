@@ -161,6 +161,14 @@ def histogram_rows(trace: Optional[Dict[str, Any]]) -> List[List[str]]:
     return rows
 
 
+def source_lines(data: "ReportData") -> List[str]:
+    """Where the transactions come from, for trace runs and application logs (a bench run's
+    transactions are its own records)."""
+    if data.run.get("source") not in ("connections", "app_log"):
+        return []
+    return trace_lines(data.trace) + app_log_lines(data.app_log)
+
+
 def app_log_lines(app: Optional[Dict[str, Any]]) -> List[str]:
     """Plain lines: the application log and how its entries matched kernel connections."""
     if not app:

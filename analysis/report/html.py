@@ -6,8 +6,8 @@ import html
 from typing import Dict, Iterable, List
 
 from analysis.options import format_ms
-from analysis.report.data import (CAUSE_COLORS, HISTOGRAM_HEADER, HISTOGRAM_NOTE, ReportData, app_log_lines,
-                                  histogram_rows, match_text, trace_lines)
+from analysis.report.data import (CAUSE_COLORS, HISTOGRAM_HEADER, HISTOGRAM_NOTE, ReportData, source_lines,
+                                  histogram_rows, match_text)
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -74,7 +74,7 @@ def render(data: ReportData, plots: Dict[str, str]) -> str:
             ["lost events", lost_html],
         ]),
     ]
-    extra = trace_lines(data.trace) + app_log_lines(data.app_log)
+    extra = source_lines(data)
     if extra:
         parts.append('<h2 id="source">Where the transactions come from</h2><ul>'
                      + "".join(f"<li>{esc(x)}</li>" for x in extra) + "</ul>")

@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import List
 
 from analysis.options import format_ms
-from analysis.report.data import (HISTOGRAM_HEADER, HISTOGRAM_NOTE, MD_SPIKES, ReportData, app_log_lines,
-                                  histogram_rows, match_text, trace_lines)
+from analysis.report.data import (HISTOGRAM_HEADER, HISTOGRAM_NOTE, MD_SPIKES, ReportData, source_lines,
+                                  histogram_rows, match_text)
 
 
 def _cell(text) -> str:
@@ -37,7 +37,7 @@ def render(data: ReportData) -> str:
     ])
     if data.warnings:
         lines += ["## Warnings", ""] + [f"- {_cell(w)}" for w in data.warnings] + [""]
-    extra = trace_lines(data.trace) + app_log_lines(data.app_log)
+    extra = source_lines(data)
     if extra:
         lines += ["## Where the transactions come from", ""] + [f"- {_cell(x)}" for x in extra] + [""]
     lines += [f"## {_cell(data.latency_title)}", ""]

@@ -7,8 +7,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from analysis.options import format_ms
-from analysis.report.data import (HISTOGRAM_HEADER, HISTOGRAM_NOTE, TERMINAL_SPIKES, ReportData, app_log_lines,
-                                  histogram_rows, match_text, trace_lines)
+from analysis.report.data import (HISTOGRAM_HEADER, HISTOGRAM_NOTE, TERMINAL_SPIKES, ReportData, source_lines,
+                                  histogram_rows, match_text)
 
 
 def _pct(value) -> str:
@@ -28,7 +28,7 @@ def render(data: ReportData, console: Console) -> None:
                   f"{c['events_matched']:,} joined to a transaction")
     if run.get("source") == "connections":
         console.print("(no bench records: the kernel's connections stand in for transactions)")
-    for line in trace_lines(data.trace) + app_log_lines(data.app_log):
+    for line in source_lines(data):
         console.print(escape(line))
 
     lat = Table(title=escape(data.latency_title), show_header=True, header_style="bold")
