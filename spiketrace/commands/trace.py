@@ -444,6 +444,7 @@ class Daemon:
         if stats is not None:
             self.meta.counts["lost_events"] = int(getattr(stats, "lost_events", 0))
             self.meta.counts["connections_counted"] = int(getattr(stats, "connections_counted", 0))
+            self.meta.counts["connections_sent"] = int(getattr(stats, "connections_sent", 0))
         self.meta.counts["events"] = _rows(self.run_path, "events")
         rundir.write_meta(self.run_path, self.meta)
 
@@ -557,9 +558,11 @@ def command(print_bpf, **kwargs):
             signal.signal(sig, handler)
     meta = daemon.meta
     console.print(f"{meta.status}: {meta.counts.get('events', 0):,} events, "
-                  f"{meta.counts.get('connections_counted', 0):,} connections counted, "
+                  f"{meta.counts.get('connections_counted', 0):,} connections counted "
+                  f"({meta.counts.get('connections_sent', 0):,} slow or anomalous recorded), "
                   f"lost events: {meta.lost_events:,}")
     click.echo(f"Wrote {run_path}")
-    click.echo(f"Next: spiketrace report {run_path}")
+    click.echo(f"Next: spiketrace report {run_path}   # add --transactions APP.LOG to explain "
+               "your application's own slow requests")
     if meta.status != "complete":
         raise SystemExit(130)
