@@ -186,7 +186,7 @@ def _transactions(worker: int, opts: ClientOptions, buf: RowBuffer, progress, st
     AF, ST, TCP, NODELAY = socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, socket.TCP_NODELAY
     rows = buf.rows
     record = rows.append
-    flush_at = buf.chunk_rows
+    flush_at = buf.slice_rows
     p_done, p_slow = 2 * worker, 2 * worker + 1
     s_last = worker * STATUS_SLOTS + ST_LAST
     done = slow = 0
@@ -260,11 +260,11 @@ def _transactions(worker: int, opts: ClientOptions, buf: RowBuffer, progress, st
         if t4 - t0 > slow_ns:
             slow += 1
             progress[p_slow] = slow
-        if len(rows) >= flush_at:
+        if len(rows) >= flush_at:  # a few hundred rows to Arrow; a writer thread does the I/O
             status[s_last] = t4
             progress[p_done] = done
             with stop.critical():
-                buf.flush()
+                buf.convert()
     status[s_last] = t4
     progress[p_done] = done
 
@@ -279,13 +279,13 @@ def _worker_main(worker: int, opts: ClientOptions, run_dir: str, netns: Optional
     buf = None
     try:
         enter_netns(netns)
-        from bench._records import RowBuffer, quiet_gc  # imports pyarrow
+        from bench._records import RowBuffer, hot_loop_mode  # imports pyarrow
 
         buf = RowBuffer(run_dir, "transactions", prefix=f"w{worker}", fields=FIELDS,
                         constants={"worker": worker, "pid": os.getpid(),
                                    "remote_addr": opts.host, "remote_port": opts.port},
                         chunk_rows=opts.chunk_rows)
-        quiet_gc()
+        hot_loop_mode()
         status[base + ST_STATE] = S_READY
         go.wait()
         status[base + ST_STATE] = S_RUNNING
@@ -307,7 +307,7 @@ def _worker_main(worker: int, opts: ClientOptions, run_dir: str, netns: Optional
             except Stop:
                 continue
         if buf is not None:
-            buf.flush()
+            buf.close()
             status[base + ST_ROWS] = buf.flushed
             status[base + ST_OK] = buf.outcomes.get(OK, 0)
 

@@ -112,7 +112,7 @@ def _buffer(run_dir, worker: int, port: int) -> RowBuffer:
 
     return RowBuffer(run_dir, "server", prefix=f"s{worker}", fields=FIELDS,
                      constants={"worker": worker, "pid": os.getpid(), "local_port": port},
-                     chunk_rows=16384)
+                     chunk_rows=32768)
 
 
 def _read_rest(fd: int, view, got: int, want: int) -> int:
@@ -152,7 +152,7 @@ def _serve_blocking(lsock: socket.socket, opts: ServerOptions, buf: RowBuffer,
     accept = lsock._accept  # (fd, addr) without building a socket object
     rows = buf.rows
     record = rows.append
-    flush_at = buf.chunk_rows
+    flush_at = buf.slice_rows
     conn_id = buf.constants["worker"]  # threads number their connections w, w+T, w+2T, ...
     while True:
         if think:
@@ -210,12 +210,12 @@ def _serve_blocking(lsock: socket.socket, opts: ServerOptions, buf: RowBuffer,
         conn_id += id_step
         if stopped is not None:
             raise stopped
-        if len(rows) >= flush_at:
+        if len(rows) >= flush_at:  # a few hundred rows to Arrow; a writer thread does the I/O
             if stop is not None:
                 with stop.critical():
-                    buf.flush()
+                    buf.convert()
             else:
-                buf.flush()
+                buf.convert()
 
 
 class _EpollConn:
@@ -258,12 +258,12 @@ def _serve_epoll(lsock: socket.socket, opts: ServerOptions, buf: RowBuffer,
         buf.rows.append((conn_id[0], conn.addr[0], conn.addr[1], conn.t_acc, *conn.times, t_close,
                          conn.bytes_in, outcome))
         conn_id[0] += 1
-        if len(buf.rows) >= buf.chunk_rows:
+        if len(buf.rows) >= buf.slice_rows:
             if stop is not None:
                 with stop.critical():
-                    buf.flush()
+                    buf.convert()
             else:
-                buf.flush()
+                buf.convert()
 
     def send_reply(conn: _EpollConn) -> None:
         try:
@@ -380,9 +380,9 @@ def serve(opts: ServerOptions, run_dir: Optional[os.PathLike] = None,
     lsock = open_listener(opts)
     port = lsock.getsockname()[1]
     bufs = [_buffer(run_dir, w, port) for w in range(opts.threads if opts.model == "threaded" else 1)]
-    from bench._records import quiet_gc
+    from bench._records import hot_loop_mode
 
-    quiet_gc()
+    hot_loop_mode()
     try:
         if opts.duration_s:
             signal.setitimer(signal.ITIMER_REAL, opts.duration_s)
@@ -403,7 +403,7 @@ def serve(opts: ServerOptions, run_dir: Optional[os.PathLike] = None,
         lsock.close()
         stats = ServerStats(port=port)
         for b in bufs:
-            b.flush()
+            b.close()
             stats.connections += b.flushed
             for outcome, count in b.outcomes.items():
                 stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + count

@@ -280,7 +280,9 @@ class TableWriter:
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
         if not data.schema.equals(self.schema):
-            data = data.select(self.schema.names).cast(self.schema)
+            data = data.select(self.schema.names)  # column order; no copy
+            if not data.schema.equals(self.schema):
+                data = data.cast(self.schema)
         self._arrow.append(data)
         self._arrow_rows += data.num_rows
         if len(self) >= self.chunk_rows:
