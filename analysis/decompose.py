@@ -168,6 +168,8 @@ def _unexplained_sentences(ctx: Context, spikes: np.ndarray, lat: np.ndarray, ex
     ev_rows = ev["ev_row"].to_numpy()
     sport, dport = ev["sport"].to_numpy(), ev["dport"].to_numpy()
     overflow = ctx.growth("TcpExt.ListenOverflows", t_start, end)
+    txn = ctx.frames.txn
+    unmatched = (txn["match"].to_numpy()[spikes] == "none") if "match" in txn else np.zeros(len(spikes), bool)
     nearest_rows = {}
     out = [""] * len(spikes)
     for r in np.flatnonzero(need).tolist():
@@ -189,6 +191,9 @@ def _unexplained_sentences(ctx: Context, spikes: np.ndarray, lat: np.ndarray, ex
             text = (f"No kernel evidence accounts for {missing} of its {fmt_ns(lat[r])}; the nearest kernel event "
                     f"was a {kinds.iat[e]} {conn}, {where}"
                     + (f" at {fmt_rel(t_ev[e] - t_start[r])}" if dist[r] == 0 else ""))
+        if unmatched[r]:
+            text = ("No kernel connection matched this entry (none recorded as slow or anomalous at its time: "
+                    "the time went outside a connection, or the connection was not traced). " + text)
         if overflow[r] > 0:
             text += f"; ListenOverflows grew by {overflow[r]} meanwhile"
         if lost:

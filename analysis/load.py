@@ -169,8 +169,6 @@ def load(run, need_events: bool = True, app_log=None, match_window_ms: float = 1
         notes = list(app_log.warnings) + notes
         source = "app_log"
         run.warnings[:] = [w for w in run.warnings if not w.startswith("missing transactions")]
-        if not has_conns:
-            notes.append("no connections.parquet: no application entry can be matched to a kernel connection")
     else:
         txn = run.table("transactions", categories=True)
         if txn.empty and has_conns:
