@@ -111,6 +111,11 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
             client.loc[client.index[ci], "flags"] = client["flags"].to_numpy()[ci] | server["flags"].to_numpy()[both]
         server = server.iloc[np.flatnonzero(hit < 0)]
     out = pd.concat([client, server], ignore_index=True) if len(server) else client.reset_index(drop=True)
+    # a connection first seen after its open (tracing started late, CONN_PARTIAL) has no open
+    # time: it starts when it was first known, so it is not a spike of its whole past
+    t_open = out["t_open"].to_numpy()
+    est, close = out["t_established"].to_numpy(), out["t_close"].to_numpy()
+    out["t_open"] = np.where(t_open > 0, t_open, np.where(est > 0, est, close))
     return out.sort_values("t_open", kind="stable").reset_index(drop=True)[cols]
 
 
@@ -130,7 +135,8 @@ def transactions_from_kernel(k: pd.DataFrame) -> pd.DataFrame:
     flags = k["flags"].to_numpy()
     est = k["t_established"].to_numpy()
     refused = (flags & CONN_REFUSED) > 0
-    failed = refused | ((est == 0) & (k["t_close"].to_numpy() > 0))
+    partial = (flags & CONN_PARTIAL) > 0  # first seen after its open: its handshake was not seen
+    failed = refused | ((est == 0) & (k["t_close"].to_numpy() > 0) & ~partial)
     return pd.DataFrame({
         "id": np.arange(len(k), dtype=np.int64), "worker": np.zeros(len(k), np.int32),
         "pid": k["pid"].to_numpy().astype(np.int32),

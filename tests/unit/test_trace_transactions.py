@@ -143,3 +143,19 @@ def test_explain_shows_a_kernel_connection_timeline(tmp_path):
     assert texts[0] == "SYN sent (connection opened)" and "connection closed" in texts
     assert any(t.startswith("SYN retransmit") for t in texts)
     assert tl.slow and tl.explanation["cause"] == "syn_retransmit"
+
+
+def test_a_connection_seen_after_its_open_is_not_a_spike_of_its_past(tmp_path):
+    """Tracing started while the connection was open (flag partial, t_open 0): its latency
+    counts from when the kernel first knew it, not from the epoch of the monotonic clock."""
+    from tests.helpers.trace_synthetic import RETRANS
+
+    run = TraceRun(tmp_path / "run")
+    t0 = run.meta.clock_monotonic_ns
+    row = run.conn(cport=41000, t_open=t0, est_ns=0, life_ns=3 * MS, flags=0x40 | RETRANS)
+    row["t_open"], row["t_established"] = 0, 0
+    run.histogram("lifetime_ns", [400 * US] * 100)
+    run.write()
+    result = analyse(RunDir.open(run.path), AnalysisOptions(relative=0))
+    assert result.summary["counts"]["spikes"] == 0 and result.latency_ns.max() == 0
+    assert result.summary["counts"]["outcomes"] == {"ok": 1}
