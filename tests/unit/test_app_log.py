@@ -154,3 +154,18 @@ def test_order_matching_keeps_only_alignments_consistent_in_time(traced, tmp_pat
     p.write_text("1.02\n" + "0.001\n" * 10_000 + "1.02\n")
     result = analyse(RunDir.open(run.path), app_log=read_app_log([p]))
     assert result.summary["app_log"]["by_match"].get("order", 0) == 1
+
+
+def test_a_server_log_is_matched_by_its_peers_port(traced, tmp_path):
+    """A server logs its own port as local_port and the client's as remote_port."""
+    app, run = traced
+    offset = run.meta.clock_wall_ns - run.meta.clock_monotonic_ns
+    d = app.df[app.df["worker"] == 1]
+    p = tmp_path / "server.csv"
+    p.write_text("start,duration_ms,local_port,remote_port\n" + "".join(
+        f"{(s + 80_000 + offset) / 1e9!r},{(dur - 100_000) / 1e6},9999,{port}\n"
+        for s, dur, port in zip(d["start"], d["duration"], d["port"])))
+    result = analyse(RunDir.open(run.path), app_log=read_app_log([p]))
+    expl = result.explanations
+    assert sorted(expl["local_port"]) == sorted(d[d["spike"]]["port"])
+    assert set(expl["match"]) == {"port"} and set(expl["cause"]) == {"syn_retransmit"}
