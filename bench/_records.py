@@ -53,7 +53,9 @@ class RowBuffer:
         self._constants_cache: Dict[int, List[pa.Array]] = {}
         self._batches: List[pa.RecordBatch] = []
         self._batched_rows = 0
-        self._queue: "queue.Queue[Optional[List[pa.RecordBatch]]]" = queue.Queue()
+        # at most 2 chunks wait for the writer: if the disk cannot keep up, the loop waits
+        # rather than memory growing
+        self._queue: "queue.Queue[Optional[List[pa.RecordBatch]]]" = queue.Queue(maxsize=2)
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
         if self.writer is not None:

@@ -29,7 +29,7 @@ def command():
 
 # --- server ---------------------------------------------------------------------------------
 
-@command.command("server")
+@command.command("server", short_help="The echo server in the foreground (per-connection records).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=9999, show_default=True, help="Port (0 = any free port).")
 @click.option("--backlog", type=int, default=1, show_default=True,
@@ -106,7 +106,7 @@ def _server_meta(run_dir: Path, opts, stats) -> None:
 
 # --- client ---------------------------------------------------------------------------------
 
-@command.command("client")
+@command.command("client", short_help="The load generator (per-transaction records, summary).")
 @click.option("-n", "n", type=int, default=1_000_000, show_default=True, help="Transactions.")
 @click.option("-c", "--concurrency", type=int, default=1, show_default=True,
               help="Worker processes, each one transaction at a time.")
@@ -160,7 +160,7 @@ def client(n, concurrency, payload, rate, connect_retry, connect_timeout, nodela
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     result, interrupted = None, False
     try:
-        with _Progress(n) as progress:
+        with _Progress(n, payload) as progress:
             result = run_clients(opts, run_dir, on_progress=progress.update)
     except KeyboardInterrupt:  # the workers have flushed: report what is on disk
         interrupted = True
@@ -223,7 +223,9 @@ def _client_out(path: Path, force: bool) -> Path:
 class _Progress:
     """A rich progress bar fed by run_clients' on_progress(done, slow) with a live rate."""
 
-    def __init__(self, total: int):
+    STALL_HINT_S = 10.0
+
+    def __init__(self, total: int, payload: int = 3000):
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
@@ -237,6 +239,9 @@ class _Progress:
         self.task = self.progress.add_task("bench", total=total, rate=0.0, slow=0)
         self._last = (time.monotonic(), 0)
         self._rate = 0.0
+        self._started = time.monotonic()
+        self._payload = payload
+        self._hinted = False
 
     def update(self, done: int, slow: int) -> None:
         now = time.monotonic()
@@ -246,6 +251,12 @@ class _Progress:
             self._rate = inst if self._rate == 0 else 0.5 * self._rate + 0.5 * inst
             self._last = (now, done)
         self.progress.update(self.task, completed=done, rate=self._rate, slow=slow)
+        if done == 0 and not self._hinted and now - self._started > self.STALL_HINT_S:
+            # the protocol has no framing: a payload mismatch makes both sides wait forever
+            self._hinted = True
+            self.progress.console.print(
+                f"No transaction has completed after {self.STALL_HINT_S:.0f} s: does the server "
+                f"use the same --payload ({self._payload} bytes)?")
 
     def __enter__(self) -> "_Progress":
         self.progress.start()
