@@ -87,3 +87,24 @@ def test_stopping_a_run_keeps_completed_transactions(tmp_path, how):
         assert meta["counts"]["transactions"] == len(tx)
         assert "Traceback" not in stderr
         assert f"Wrote {out}" in stdout and f"spiketrace report {out}" in stdout
+
+
+def test_stop_event_ends_the_run_early_and_keeps_its_rows(tmp_path):
+    """The library's stop_event (what `spiketrace run` uses for --duration and its own stops)."""
+    import threading
+
+    from bench.client import ClientOptions, run_clients
+
+    stop = threading.Event()
+    with start_server_process(ServerOptions(port=0, think_ms=1.0, backlog=16), None) as server:
+        timer = threading.Timer(1.0, stop.set)
+        timer.start()
+        try:
+            result = run_clients(ClientOptions(port=server.port, n=1_000_000, concurrency=2),
+                                 tmp_path, stop_event=stop)
+        finally:
+            timer.cancel()
+    assert result.stopped and not result.interrupted
+    assert 0 < result.transactions < 1_000_000
+    tx = pd.read_parquet(tmp_path / "transactions.parquet")
+    assert len(tx) == result.transactions == result.ok

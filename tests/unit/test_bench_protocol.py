@@ -2,6 +2,7 @@
 server tables checked against each other and against what the kernel reports for the sockets."""
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -127,3 +128,50 @@ def test_server_stop_is_idempotent_and_leaves_no_process(tmp_path):
     assert server.stop() == 0
     with pytest.raises(ProcessLookupError):
         os.kill(server.pid, 0)
+
+
+def test_no_transaction_starts_before_on_start_returns(tmp_path):
+    """The tracer registers the worker pids in on_start; the load must wait for it."""
+    seen = {}
+
+    def on_start(pids):
+        seen["pids"] = list(pids)
+        for pid in pids:  # the workers exist and are alive, waiting
+            os.kill(pid, 0)
+        time.sleep(0.3)
+        seen["returned"] = time.monotonic_ns()
+
+    with start_server_process(ServerOptions(port=0), None) as server:
+        run_clients(ClientOptions(port=server.port, n=10, concurrency=2), tmp_path, on_start=on_start)
+    tx = pd.read_parquet(tmp_path / "transactions.parquet")
+    assert sorted(tx["pid"].unique()) == sorted(seen["pids"])
+    assert (tx["t_start"] > seen["returned"]).all()
+
+
+@pytest.mark.parametrize("retry", ["busy", "backoff"])
+def test_connect_retries_until_the_server_appears(tmp_path, retry):
+    import threading
+
+    with socket.socket() as probe:  # a free port, for a server that starts late
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    box = {}
+
+    def client():
+        box["result"] = run_clients(ClientOptions(port=port, n=5, connect_retry=retry,
+                                                  connect_timeout_s=20.0), tmp_path)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        time.sleep(1.5)  # the worker is up and retrying by now
+        with start_server_process(ServerOptions(port=port), None):
+            thread.join(30)
+    finally:
+        thread.join(30)
+    assert box["result"].ok == 5
+    tx = pd.read_parquet(tmp_path / "transactions.parquet").sort_values("id")
+    first = tx.iloc[0]
+    assert first["connect_attempts"] > 1 and first["last_errno"] == errno.ECONNREFUSED
+    assert first["t_connected"] - first["t_start"] > 0.2e9
+    assert (tx.iloc[1:]["connect_attempts"] == 1).all()
