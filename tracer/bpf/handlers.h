@@ -101,6 +101,7 @@ static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u
 		zero.t_open = now;
 		zero.pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(zero.comm, sizeof(zero.comm));
+		learn_pid(zero.pid); /* so its run-queue delays are traced too */
 	} else if (newstate == ST_TCP_SYN_RECV) {
 		/* a child socket, created when the handshake's final ACK arrived (softirq: the
 		 * owner is learned at accept()) */
