@@ -307,6 +307,8 @@ def _worker_main(worker: int, opts: ClientOptions, run_dir: str, netns: Optional
             except Stop:
                 continue
         if buf is not None:
+            if buf.rows:  # stopped between two conversions: the last end is in the buffer
+                status[base + ST_LAST] = max(status[base + ST_LAST], buf.rows[-1][7])
             buf.close()
             status[base + ST_ROWS] = buf.flushed
             status[base + ST_OK] = buf.outcomes.get(OK, 0)

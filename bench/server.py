@@ -398,7 +398,7 @@ def serve(opts: ServerOptions, run_dir: Optional[os.PathLike] = None,
     except Stop:
         pass
     finally:
-        stop.disarm()
+        _disarm(stop)
         signal.setitimer(signal.ITIMER_REAL, 0)
         lsock.close()
         stats = ServerStats(port=port)
@@ -408,6 +408,15 @@ def serve(opts: ServerOptions, run_dir: Optional[os.PathLike] = None,
             for outcome, count in b.outcomes.items():
                 stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + count
     return stats
+
+
+def _disarm(stop: StopHandler) -> None:
+    while True:  # a second signal must not interrupt the final flush
+        try:
+            stop.disarm()
+            return
+        except Stop:
+            continue
 
 
 # --- the server as a child process (library API for `spiketrace run`) ---------------------
