@@ -127,7 +127,7 @@ def local_port_range(meta) -> Optional[tuple]:
 def drop_reason_names(meta) -> Dict[int, str]:
     """skb drop reason code -> name, as recorded by the tracer for the traced kernel (the enum
     changes between kernel versions, so the analysis never guesses)."""
-    for source in (meta.extra, meta.params):
+    for source in ({"drop_reasons": getattr(meta, "drop_reasons", None) or None}, meta.extra, meta.params):
         table = find_param(source, "drop_reasons")
         if isinstance(table, Mapping):
             out = {}

@@ -119,6 +119,9 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
             tracer.start()
             stack.callback(lambda: stats_box.append(tracer.stop()))
             meta.probes = dict(tracer.probes)
+            meta.probes["listen_overflow"] = "sampled"  # the counter sampler, below
+            meta.drop_reasons = {str(k): v for k, v in tracer.drop_reasons.items()}
+            meta.reset_reasons = {str(k): v for k, v in tracer.reset_reasons.items()}
 
             injection = scenario.setup(ns, run_path, port=server_opts.port)
             # teardown reads transactions.parquet (ground truth), so it runs after the clients

@@ -98,6 +98,9 @@ class RunMeta:
     clock_monotonic_ns: int = 0
     clock_wall_ns: int = 0
     probes: Dict[str, str] = dataclasses.field(default_factory=dict)  # probe -> backend
+    # this kernel's enum names for events.reason (the enums change between kernel versions)
+    drop_reasons: Dict[str, str] = dataclasses.field(default_factory=dict)  # skb drop reason
+    reset_reasons: Dict[str, str] = dataclasses.field(default_factory=dict)  # sk_rst_reason
     sysctls: Dict[str, str] = dataclasses.field(default_factory=dict)
     params: Dict[str, Any] = dataclasses.field(default_factory=dict)  # bench/tracer options
     counts: Dict[str, int] = dataclasses.field(default_factory=dict)  # incl. lost_events

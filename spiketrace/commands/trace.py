@@ -309,6 +309,8 @@ class Daemon:
                 tracer.start()  # returns once every probe is attached: the ready signal
             meta.probes = dict(tracer.probes)
             meta.probes["listen_overflow"] = "sampled"  # the counter sampler below
+            meta.drop_reasons = {str(k): v for k, v in tracer.drop_reasons.items()}
+            meta.reset_reasons = {str(k): v for k, v in tracer.reset_reasons.items()}
             meta.notes.extend(f"probe {note}" for note in getattr(tracer, "notes", []))
             ns_ref = _netns_ref(opts)
             meta.sysctls = read_tcp_sysctls(ns_ref)
