@@ -120,6 +120,7 @@ def render_source(config: TracerConfig, *, force: Optional[Dict[str, str]] = Non
     reasons = {n: v for v, n in kernel.enum("skb_drop_reason").items()}
     defines["SKB_CONSUMED_REASON"] = reasons.get("SKB_CONSUMED", 1)
     defines["DROP_REASON_QUEUE_PURGE"] = reasons.get("SKB_DROP_REASON_QUEUE_PURGE", -1)
+    defines["DROP_REASON_NO_SOCKET"] = reasons.get("SKB_DROP_REASON_NO_SOCKET", -1)
     if (output or output_backend()) == "ringbuf":
         defines["USE_RINGBUF"] = 1
         defines["RINGBUF_PAGES"] = _pages(config.ringbuf_pages)

@@ -60,6 +60,9 @@
 #ifndef DROP_REASON_QUEUE_PURGE
 #define DROP_REASON_QUEUE_PURGE -1
 #endif
+#ifndef DROP_REASON_NO_SOCKET
+#define DROP_REASON_NO_SOCKET -1
+#endif
 #ifndef SKB_CONSUMED_REASON
 #define SKB_CONSUMED_REASON 1
 #endif
@@ -293,19 +296,24 @@ static __always_inline void set_owner(struct st_event *ev, const struct st_conn 
 
 /* ---- folding of repeated evidence ----
  * A client that busy-retries a refused connect() makes a reset and a drop per attempt, up to
- * ~100k/s. Repeats of the same (kind, netns, port, reason) within FOLD_NS of the last one sent
+ * ~100k/s. Repeats of the same (kind, netns, ports, reason) within FOLD_NS of the last one sent
  * are counted instead of sent; the next one sent carries the count in value2 (occurrences it
  * stands for, 1 if none were folded), and user space flushes what is pending at stop, so the
- * sum of value2 is exact. Sporadic evidence (further apart than FOLD_NS) is never folded. */
+ * sum of value2 is exact. Sporadic evidence (further apart than FOLD_NS) is never folded.
+ * `one_port`: the evidence is about a port, not a connection (a refused connect: no socket
+ * there, and each retry takes a new client port), so only that port is in the key; otherwise
+ * both ports are, so that drops of different clients' SYNs at one listener each keep their
+ * own 4-tuple. */
 #ifndef FOLD_NS
 #define FOLD_NS 10000000ULL
 #endif
 struct fold_key {
 	u32 netns;
 	s32 reason;
-	u16 port;
+	u16 sport;
+	u16 dport;
 	u8 kind;
-	u8 pad;
+	u8 pad[3];
 };
 struct fold_val {
 	u64 last_sent;
@@ -315,7 +323,7 @@ struct fold_val {
 BPF_TABLE("lru_hash", struct fold_key, struct fold_val, folds, 4096);
 
 /* 1: send `ev` now (value2 set); 0: folded into a later one. */
-static __always_inline int fold(struct st_event *ev, u16 port)
+static __always_inline int fold(struct st_event *ev, u16 one_port)
 {
 #ifdef ALL_EVENTS
 	ev->value2 = 1;
@@ -325,7 +333,8 @@ static __always_inline int fold(struct st_event *ev, u16 port)
 	struct fold_val *f;
 	k.netns = ev->netns;
 	k.reason = ev->reason;
-	k.port = port;
+	k.sport = one_port ? one_port : ev->sport;
+	k.dport = one_port ? 0 : ev->dport;
 	k.kind = ev->kind;
 	f = folds.lookup(&k);
 	if (!f) {

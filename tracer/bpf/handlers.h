@@ -273,7 +273,7 @@ static __always_inline int emit_reset(void *ctx, u8 kind, const void *sk, struct
 	ev.state = state;
 	ev.reason = reason;
 	ev.value2 = 1;
-	/* refused connections repeat: fold them (by the refused port) */
+	/* refused connections repeat: fold them by the refused port */
 	if (!sk && !fold(&ev, t->sport))
 		return 0;
 	if (c && c->state == ST_TCP_SYN_SENT && !fold(&ev, t->dport))
@@ -369,7 +369,8 @@ static __always_inline int handle_drop(void *ctx, const void *skb, const void *r
 	}
 	ev.reason = reason < 0 ? 0 : reason;
 	ev.value = (s64)location;
-	if (!fold(&ev, t.sport))
+	/* a packet to a port with no socket (refused) is evidence about the port */
+	if (!fold(&ev, reason == DROP_REASON_NO_SOCKET ? t.sport : 0))
 		return 0;
 	submit_event(ctx, &ev);
 	return 0;
