@@ -22,6 +22,13 @@ def _anon_rss_mb() -> float:
     raise AssertionError("no RssAnon in /proc/self/status")
 
 
+def _rows_on_disk(run_dir) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows
+               for p in (run_dir / "transactions.parquet").glob("*.parquet"))
+
+
 def _feed(buf: RowBuffer, start: int, n: int) -> None:
     rows, record = buf.rows, buf.rows.append
     t = 10 ** 12
@@ -46,15 +53,15 @@ def test_memory_stays_flat_and_every_row_lands_once(tmp_path):
         # Arrow batches, <= 2 chunks queued for the writer and 1 being written; the rest is on disk
         assert len(buf.rows) < buf.slice_rows and buf._batched_rows < buf.chunk_rows
         assert buf._queue.qsize() <= 2
-        on_disk = len(list((tmp_path / "transactions.parquet").glob("w3-*.parquet")))
-        assert on_disk >= (start + 40000) // 20000 - 3
+        chunk = buf.chunk_rows + buf.slice_rows  # a chunk is handed over at the slice after
+        assert _rows_on_disk(tmp_path) >= start + 40000 - buf.slice_rows - 4 * chunk
     buf.close()
     # 320,000 more rows kept in memory would take > 100 MB as tuples; streamed, memory levels
     # off (allocators keep some freed pages: a step or two of ~10 MB, then flat)
     assert max(samples) - samples[0] < 40, f"memory grows: {samples} MB every 40,000 rows"
 
     parts = sorted((tmp_path / "transactions.parquet").glob("w3-*.parquet"))
-    assert len(parts) == 18 and buf.flushed == 360000
+    assert len(parts) >= 17 and buf.flushed == _rows_on_disk(tmp_path) == 360000
     tx = pd.read_parquet(tmp_path / "transactions.parquet")
     assert list(tx.columns) == SCHEMAS["transactions"].names
     assert len(tx) == 360000 and sorted(tx["id"]) == list(range(360000))
