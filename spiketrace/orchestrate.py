@@ -117,7 +117,11 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
             tracer = Tracer(TracerConfig(ports=[server_opts.port], netns_inum=ns.inum,
                                          slow_conn_ms=opts.slow_conn_ms), run_path)
             tracer.start()
-            stack.callback(lambda: stats_box.append(tracer.stop()))
+
+            def stop_tracer() -> None:
+                stats_box.append(tracer.stop())
+                meta.counts.update({f"lost_{kind}": n for kind, n in tracer.lost_by_kind.items() if n})
+            stack.callback(stop_tracer)
             meta.probes = dict(tracer.probes)
             meta.probes["listen_overflow"] = "sampled"  # the counter sampler, below
             meta.drop_reasons = {str(k): v for k, v in tracer.drop_reasons.items()}
