@@ -108,3 +108,36 @@ def test_stop_event_ends_the_run_early_and_keeps_its_rows(tmp_path):
     assert 0 < result.transactions < 1_000_000
     tx = pd.read_parquet(tmp_path / "transactions.parquet")
     assert len(tx) == result.transactions == result.ok
+
+
+def test_server_process_follows_its_parent_and_keeps_its_records(tmp_path):
+    """SIGKILL of the process that started the server: PR_SET_PDEATHSIG stops the server, which
+    still writes the connections it served."""
+    import socket
+
+    from bench.client import request_bytes
+
+    code = ("import sys, time\n"
+            "from bench.server import ServerOptions, start_server_process\n"
+            "s = start_server_process(ServerOptions(port=0), sys.argv[1])\n"
+            "print(s.pid, s.port, flush=True)\n"
+            "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        pid, port = map(int, parent.stdout.readline().split())
+        req = request_bytes(3000)
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                for _ in range(2):
+                    s.sendall(req)
+                    got = b""
+                    while len(got) < len(req):
+                        got += s.recv(len(req) - len(got))
+        time.sleep(0.2)
+    finally:
+        parent.kill()
+        parent.wait()
+    _wait_gone([pid])
+    sv = pd.read_parquet(tmp_path / "server.parquet")
+    assert len(sv) == 3 and (sv["outcome"] == "ok").all()
