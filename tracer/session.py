@@ -274,7 +274,7 @@ class Tracer:
         for p in self.config.ports:
             if not 0 < int(p) < 65536:
                 raise SpikeTraceError(f"port {p} is not a TCP port (1-65535)")
-            ports[ct.c_uint16(int(p))] = ct.c_uint8(1)
+            ports[ct.c_int(int(p))] = ct.c_uint8(1)
         self.add_pids(self.config.pids)
         if self.config.cgroup:
             path = _cgroup_path(self.config.cgroup)

@@ -73,12 +73,22 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #else
 BPF_PERF_OUTPUT(events);
 #endif
-BPF_HASH(ports, u16, u8, 1024);                   /* traced ports, host byte order */
+/* Arrays where a key is small: their lookups are inlined by the verifier (no hashing, no
+ * locks), and these maps are read several times per connection and per context switch. */
+BPF_ARRAY(ports, u8, 65536);                      /* port (host byte order) -> 1 if traced */
 BPF_HASH(pids, u32, u8, 65536);                   /* tgid -> PID_USER | PID_LEARNED */
-BPF_TABLE("lru_hash", u32, u8, tids, 65536);      /* threads of traced tgids (sched) */
-/* Plain (preallocated) hashes where entries are deleted by the program itself: cheaper updates
- * than LRU. A full `conns` (65536 sockets open at once) leaves new ones untracked. */
-BPF_HASH(runnable, u32, u64, 65536);              /* tid -> when it became runnable */
+/* Threads of traced processes (sched.c), in slots indexed by tid & TASK_SLOTS-1. A slot holds
+ * one tid: two traced threads that share a slot lose one's run-queue tracking (rare), an
+ * untraced thread in a traced one's slot is told apart by the tid. */
+#define TASK_SLOTS 65536
+struct task_slot {
+	u32 tid;
+	u32 pad;
+	u64 runnable_since; /* 0: running or sleeping */
+};
+BPF_ARRAY(task_slots, struct task_slot, TASK_SLOTS);
+/* A plain (preallocated) hash: entries are deleted by the program itself, cheaper updates than
+ * LRU. A full `conns` (65536 sockets open at once) leaves new ones untracked. */
 BPF_HASH(conns, u64, struct st_conn, 65536);      /* sock address -> connection */
 BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 BPF_PERCPU_ARRAY(hists, u64, HIST_N * HIST_BUCKETS);
@@ -165,7 +175,9 @@ static __always_inline int netns_in_scope(u32 inum)
 static __always_inline int ports_in_scope(u16 sport, u16 dport)
 {
 #ifdef HAVE_PORTS
-	return ports.lookup(&sport) || ports.lookup(&dport);
+	u32 a = sport, b = dport;
+	u8 *x = ports.lookup(&a), *y = ports.lookup(&b);
+	return (x && *x) || (y && *y);
 #else
 	return 1;
 #endif

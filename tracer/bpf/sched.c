@@ -2,7 +2,7 @@
  *
  * A thread is traced once its process is (pids map: user-given or learned from a connect() or
  * accept() on a traced port) or it runs in the traced cgroup; sched_wakeup only names the woken
- * thread, so threads are remembered in `tids` when they are switched out. The delay runs from
+ * thread, so threads are remembered in `task_slots` when they are switched out. The delay runs from
  * the wakeup (or preemption: the tracepoint record's prev_state shows 0x100 = TASK_REPORT_MAX
  * on 6.x, the raw tracepoint has a `preempt` argument) to the thread's next sched_switch in.
  */
@@ -21,22 +21,33 @@ static __always_inline int tracked_task(u32 tgid)
 #endif
 }
 
+static __always_inline struct task_slot *slot_of(u32 tid)
+{
+	u32 idx = tid & (TASK_SLOTS - 1);
+	return task_slots.lookup(&idx);
+}
+
+static __always_inline void trace_thread(u32 tid)
+{
+	struct task_slot *t = slot_of(tid);
+	if (t && t->tid != tid) {
+		t->tid = tid;
+		t->runnable_since = 0;
+	}
+}
+
 static __always_inline void mark_runnable(u32 tid)
 {
-	u64 now;
-	if (!tids.lookup(&tid))
-		return;
-	now = bpf_ktime_get_ns();
-	runnable.update(&tid, &now);
+	struct task_slot *t = slot_of(tid);
+	if (t && t->tid == tid)
+		t->runnable_since = bpf_ktime_get_ns();
 }
 
 static __always_inline int handle_wakeup_new(u32 tid)
 {
 	/* the parent runs here: a new thread or child of a traced process is traced too */
-	if (tracked_task(bpf_get_current_pid_tgid() >> 32)) {
-		u8 one = 1;
-		tids.update(&tid, &one);
-	}
+	if (tracked_task(bpf_get_current_pid_tgid() >> 32))
+		trace_thread(tid);
 	mark_runnable(tid);
 	return 0;
 }
@@ -46,25 +57,27 @@ static __always_inline int handle_wakeup_new(u32 tid)
 static __always_inline int handle_switch(void *ctx, u32 prev, u32 next, int still_runnable,
 					 const char *next_comm)
 {
-	u64 *since, now;
+	struct task_slot *t;
+	u64 since, now;
 
-	/* current is still `prev` here, so its tgid and cgroup are at hand */
-	if (prev && tracked_task(bpf_get_current_pid_tgid() >> 32)) {
-		if (!tids.lookup(&prev)) {
-			u8 one = 1;
-			tids.update(&prev, &one);
+	if (prev) {
+		t = slot_of(prev);
+		/* current is still `prev` here, so its tgid and cgroup are at hand */
+		if (t && t->tid != prev && tracked_task(bpf_get_current_pid_tgid() >> 32)) {
+			t->tid = prev;
+			t->runnable_since = 0;
 		}
-		if (still_runnable) {
-			now = bpf_ktime_get_ns();
-			runnable.update(&prev, &now);
-		}
+		if (t && t->tid == prev && still_runnable)
+			t->runnable_since = bpf_ktime_get_ns();
 	}
-	since = runnable.lookup(&next);
-	if (!since)
+	t = slot_of(next);
+	if (!t || t->tid != next || !t->runnable_since)
 		return 0;
+	since = t->runnable_since;
+	t->runnable_since = 0;
 	now = bpf_ktime_get_ns();
-	if (now > *since) {
-		u64 d = now - *since;
+	if (now > since) {
+		u64 d = now - since;
 		hist_add(HIST_RUNQ, d);
 		if (d > RUNQ_THRESHOLD_NS) {
 			struct st_event ev;
@@ -77,7 +90,6 @@ static __always_inline int handle_switch(void *ctx, u32 prev, u32 next, int stil
 			submit_event(ctx, &ev);
 		}
 	}
-	runnable.delete(&next);
 	return 0;
 }
 #endif

@@ -16,6 +16,16 @@ struct connect_args {
 	u8 daddr[16];
 };
 
+/* connect() in progress, in slots indexed by tid & (CONNECT_SLOTS-1): enter only keeps the
+ * user pointer, and the sockaddr is read at exit, only when the connect failed or ends a
+ * streak (most connects succeed: no user-memory read, no hash update). */
+#define CONNECT_SLOTS 16384
+struct connect_slot {
+	u32 tid;
+	u32 pad;
+	u64 uaddr;
+};
+
 struct streak {
 	u64 start_ns;
 	u64 last_ns;
@@ -29,33 +39,43 @@ struct streak {
 	char comm[16];
 };
 
-BPF_HASH(connect_pending, u32, struct connect_args, 16384); /* tid -> destination */
+BPF_ARRAY(connect_pending, struct connect_slot, CONNECT_SLOTS);
 BPF_HASH(streaks, u32, struct streak, 16384);               /* tid -> current failure run */
 
 #ifdef USE_TP_CONNECT_ERROR
 int tp_sys_enter_connect(void *ctx)
 {
-	struct connect_args a = {};
 	const char *uaddr = TP_FIELD(ctx, const char *, TPO_sys_enter_connect_uservaddr);
 	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = id;
-	u16 port = 0;
+	u32 tid = id, idx = tid & (CONNECT_SLOTS - 1);
+	struct connect_slot *slot;
 
 	if (!uaddr || !task_in_scope(id >> 32))
 		return 0;
-	bpf_probe_read_user(&a.family, 2, uaddr);
-	if (a.family != ST_AF_INET && a.family != ST_AF_INET6)
-		return 0;
-	bpf_probe_read_user(&port, 2, uaddr + 2);
-	a.dport = st_ntohs(port);
-	if (!ports_in_scope(0, a.dport))
-		return 0;
-	if (a.family == ST_AF_INET6)
-		bpf_probe_read_user(a.daddr, 16, uaddr + 8);
-	else
-		bpf_probe_read_user(a.daddr, 4, uaddr + 4);
-	connect_pending.update(&tid, &a);
+	slot = connect_pending.lookup(&idx);
+	if (slot) {
+		slot->tid = tid;
+		slot->uaddr = (u64)uaddr;
+	}
 	return 0;
+}
+
+/* The destination of a connect(), from the caller's sockaddr; 0 if not TCP/IP in scope. */
+static __always_inline int read_destination(u64 uaddr, struct connect_args *a)
+{
+	u16 port = 0;
+	bpf_probe_read_user(&a->family, 2, (void *)uaddr);
+	if (a->family != ST_AF_INET && a->family != ST_AF_INET6)
+		return 0;
+	bpf_probe_read_user(&port, 2, (void *)(uaddr + 2));
+	a->dport = st_ntohs(port);
+	if (!ports_in_scope(0, a->dport))
+		return 0;
+	if (a->family == ST_AF_INET6)
+		bpf_probe_read_user(a->daddr, 16, (void *)(uaddr + 8));
+	else
+		bpf_probe_read_user(a->daddr, 4, (void *)(uaddr + 4));
+	return 1;
 }
 
 static __always_inline void send_streak(void *ctx, struct streak *s)
@@ -77,23 +97,30 @@ static __always_inline void send_streak(void *ctx, struct streak *s)
 
 int tp_sys_exit_connect(void *ctx)
 {
-	u64 id = bpf_get_current_pid_tgid(), now;
-	u32 tid = id;
+	u64 id = bpf_get_current_pid_tgid(), now, uaddr;
+	u32 tid = id, idx = tid & (CONNECT_SLOTS - 1);
 	long ret = TP_FIELD(ctx, long, TPO_sys_exit_connect_ret);
-	struct connect_args *a = connect_pending.lookup(&tid);
+	struct connect_slot *slot = connect_pending.lookup(&idx);
+	struct connect_args a = {};
 	struct streak *s;
 	s32 err;
 
-	if (!a)
+	if (!slot || slot->tid != tid)
 		return 0;
+	slot->tid = 0;
+	uaddr = slot->uaddr;
 	err = ret < 0 ? -ret : 0;
 	if (err == ST_EINPROGRESS || err == ST_EALREADY)
-		goto out; /* a non-blocking connect under way: not a failure */
+		return 0; /* a non-blocking connect under way: not a failure */
 	s = streaks.lookup(&tid);
-	if (s && s->err == err && s->dport == a->dport) {
+	if (!s && (!err || err == ST_EISCONN))
+		return 0; /* the common case: a connect that succeeded, no streak to end */
+	if (!read_destination(uaddr, &a))
+		return 0;
+	if (s && s->err == err && s->dport == a.dport) {
 		s->count++;
 		s->last_ns = bpf_ktime_get_ns();
-		goto out;
+		return 0;
 	}
 	if (s) {
 		send_streak(ctx, s);
@@ -103,7 +130,7 @@ int tp_sys_exit_connect(void *ctx)
 		struct streak n = {};
 		u32 netns = task_netns();
 		if (!netns_in_scope(netns))
-			goto out;
+			return 0;
 		now = bpf_ktime_get_ns();
 		n.start_ns = now;
 		n.last_ns = now;
@@ -111,15 +138,13 @@ int tp_sys_exit_connect(void *ctx)
 		n.err = err;
 		n.netns = netns;
 		n.tgid = id >> 32;
-		n.family = a->family;
-		n.dport = a->dport;
-		__builtin_memcpy(n.daddr, a->daddr, 16);
+		n.family = a.family;
+		n.dport = a.dport;
+		__builtin_memcpy(n.daddr, a.daddr, 16);
 		bpf_get_current_comm(n.comm, sizeof(n.comm));
 		streaks.update(&tid, &n);
 		learn_pid(n.tgid);
 	}
-out:
-	connect_pending.delete(&tid);
 	return 0;
 }
 #endif
