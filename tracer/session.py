@@ -68,6 +68,19 @@ def preflight() -> None:
             "the bcc Python module is missing (install python3-bpfcc / python3-bcc with "
             f"scripts/install.sh; it does not come from PyPI); {DOCTOR}")
     probes.tracefs()
+    kernel_headers()
+
+
+def kernel_headers() -> str:
+    """Where BCC finds this kernel's headers; one clear error if nowhere. BCC compiles against
+    /lib/modules/$(uname -r)/build, or the kernel's own copy (CONFIG_IKHEADERS)."""
+    build = f"/lib/modules/{os.uname().release}/build"
+    for candidate in (build, "/sys/kernel/kheaders.tar.xz"):
+        if os.path.exists(candidate):
+            return candidate
+    raise SpikeTraceError(
+        f"no kernel headers for {os.uname().release} ({build} is missing): run scripts/install.sh, "
+        f"which installs them or links the distro's generic headers; {DOCTOR}")
 
 
 def output_backend() -> str:

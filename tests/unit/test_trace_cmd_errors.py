@@ -98,3 +98,13 @@ def test_without_tracefs(tmp_path):
     line = trace(["--port", "9999"], tmp_path / "run", shell_setup=umount)
     assert "tracefs is not mounted" in line and "mount -t tracefs" in line
     assert "spiketrace doctor" in line
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to hide the headers in a private mount namespace")
+def test_without_kernel_headers(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    modules = f"/lib/modules/{os.uname().release}"
+    line = trace(["--port", "9999"], tmp_path / "run",
+                 shell_setup=f"mkdir -p {modules} && mount --bind {empty} {modules}")
+    assert "no kernel headers" in line and "install.sh" in line and "spiketrace doctor" in line
