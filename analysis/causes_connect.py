@@ -86,7 +86,7 @@ def _syn_why(ctx: Context, ti: np.ndarray, a: np.ndarray, b: np.ndarray):
                                         drops["ev_row"].to_numpy()[inside], drops["ti"].to_numpy()[inside]):
             name = names.get(int(reason), str(int(reason)))
             detail[kk] = f"drop:{name}"
-            why[kk] = f"The SYN was dropped by the kernel (drop reason {name})"
+            why[kk] = f"The SYN was {facts.describe_drop(name)}"
         ctx.cands.cite(drops["ti"].to_numpy()[inside], "syn_retransmit", drops["ev_row"].to_numpy()[inside])
     return detail, why
 

@@ -42,7 +42,7 @@ def detect_data_retransmit(ctx: Context) -> None:
     for k in range(len(ti)):
         what = "request" if side[k] == "client" else "reply"
         who = "client" if side[k] == "client" else "server"
-        lost = f"was dropped (drop reason {drops[(ti[k], ph[k])]})" if (ti[k], ph[k]) in drops else "was lost"
+        lost = f"was {facts.describe_drop(drops[(ti[k], ph[k])])}" if (ti[k], ph[k]) in drops else "was lost"
         how = ("by a tail loss probe" if tlp[k] else
                "when the retransmission timer fired (RTO, at least 200 ms)")
         times = f" ({n[k]} retransmits, the last at {fmt_rel(t_last[k] - t_start[k])})" if n[k] > 1 else ""

@@ -138,3 +138,25 @@ def drop_reason_names(meta) -> Dict[int, str]:
                     continue
             return out
     return {}
+
+
+# Plain words for the skb drop reasons a connection-per-transaction workload meets; any other
+# reason is shown by its kernel name alone.
+_DROP_WORDS = {
+    "TCP_LISTEN_OVERFLOW": "because the listener's accept queue was full",
+    "NO_SOCKET": "because no socket was there to take it (nothing listening, or already closed)",
+    "TC_INGRESS": "by a tc ingress filter",
+    "TC_EGRESS": "by a tc egress filter",
+    "NETFILTER_DROP": "by a netfilter (iptables/nftables) rule",
+    "SOCKET_BACKLOG": "because the socket's backlog was full",
+    "SOCKET_RCVBUFF": "because the socket's receive buffer was full",
+    "PROTO_MEM": "because TCP memory was exhausted (tcp_mem)",
+    "TCP_CSUM": "for a bad TCP checksum",
+    "QDISC_DROP": "by a full queueing discipline",
+}
+
+
+def describe_drop(name: str) -> str:
+    """'dropped <words> (drop reason NAME)': what a network engineer would say of a drop."""
+    words = _DROP_WORDS.get(str(name).replace("SKB_DROP_REASON_", ""))
+    return f"dropped {words} (drop reason {name})" if words else f"dropped by the kernel (drop reason {name})"

@@ -64,7 +64,7 @@ def test_syn_retransmit_listen_overflow_from_queue_depth(tmp_path):
 
 def test_syn_retransmit_drop_with_reason(tmp_path):
     def build(run):
-        run.meta.extra["drop_reasons"] = {"2": "NOT_SPECIFIED", "77": "TC_EGRESS"}
+        run.meta.drop_reasons = {"2": "NOT_SPECIFIED", "77": "TC_EGRESS"}
         t = run.txn(connect_ms=1000.1)
         # kfree_skb reports the receiver's side: s = the packet's destination (the server)
         drop = run.event("drop", t["t_start"] + 20_000, t, side="server", reason=77)
@@ -75,7 +75,7 @@ def test_syn_retransmit_drop_with_reason(tmp_path):
     e = only_spike(result)
     assert (e.cause, e.cause_detail) == ("syn_retransmit", "drop:TC_EGRESS")
     assert sorted(e.evidence_events) == sorted([drop, syn])
-    assert "drop reason TC_EGRESS" in e.sentence
+    assert "The SYN was dropped by a tc egress filter (drop reason TC_EGRESS)" in e.sentence
 
 
 def test_syn_retransmit_twice_with_linear_timeouts(tmp_path):
