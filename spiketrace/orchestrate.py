@@ -10,16 +10,56 @@ import contextlib
 import dataclasses
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from spiketrace import rundir
-from spiketrace.errors import SpikeTraceError, require_root
+from spiketrace.errors import require_root
 
 
 class Terminated(Exception):
-    """SIGTERM arrived: stop the run like Ctrl-C does."""
+    """A stop was requested (Ctrl-C or SIGTERM) before the load started."""
+
+
+class StopRequest:
+    """SIGINT/SIGTERM handling for the orchestrator. The first signal only sets `event`: set-up
+    stops at the next stage boundary (`checkpoint`), the clients stop through `stop_event`, and
+    teardown runs normally. Raising KeyboardInterrupt at an arbitrary point instead could leave
+    a lock held (rich, a table writer) and hang the teardown. A second signal raises
+    KeyboardInterrupt, for a user who does not want to wait.
+
+    Libraries fork helper processes (pyroute2 does, for namespaces) that inherit the handler; in
+    those it restores the default and re-raises, so it never unwinds a copied orchestrator."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.owner = os.getpid()
+        self.previous = {}
+
+    def __enter__(self) -> "StopRequest":
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if os.getpid() != self.owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.event.is_set():
+            raise KeyboardInterrupt()
+        self.event.set()
+
+    def checkpoint(self) -> None:
+        if self.event.is_set():
+            raise Terminated()
 
 
 @dataclasses.dataclass
@@ -45,19 +85,6 @@ class RunOutcome:
     bench_elapsed_s: float = 0.0
     analysis: Any = None
     wrote: List[Path] = dataclasses.field(default_factory=list)
-
-
-def _terminate_handler(owner_pid: int):
-    """A SIGTERM handler that stops the run in the orchestrator itself. Libraries fork helper
-    processes (pyroute2 does, for namespaces) that inherit it; in those it must not unwind the
-    copied orchestrator stack (that would tear down the namespace), so it just dies."""
-    def handler(signum, frame):
-        if os.getpid() != owner_pid:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise Terminated()
-    return handler
 
 
 def build_options(opts: RunOptions):
@@ -104,15 +131,16 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
 
     status, started, bench_elapsed = "failed", time.monotonic(), 0.0
     stats_box: List[Any] = []  # the tracer's statistics, filled by its teardown
-    previous_term = signal.signal(signal.SIGTERM, _terminate_handler(os.getpid()))
+    stop = StopRequest()
     try:
-        with contextlib.ExitStack() as stack:
+        with stop, contextlib.ExitStack() as stack:
             stage(f"creating network namespace for scenario '{scenario.name}'")
             ns = Namespace.create(default_netns_name(scenario.name), scenario.sysctls)
             stack.callback(ns.remove)
             if ns.skipped_sysctls:
                 meta.notes.append(f"sysctls this kernel lacks, not set: {', '.join(ns.skipped_sysctls)}")
 
+            stop.checkpoint()
             stage("compiling and attaching BPF probes")
             tracer = Tracer(TracerConfig(ports=[server_opts.port], netns_inum=ns.inum,
                                          slow_conn_ms=opts.slow_conn_ms), run_path)
@@ -127,11 +155,13 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
             meta.drop_reasons = {str(k): v for k, v in tracer.drop_reasons.items()}
             meta.reset_reasons = {str(k): v for k, v in tracer.reset_reasons.items()}
 
+            stop.checkpoint()
             injection = scenario.setup(ns, run_path, port=server_opts.port)
             # teardown reads transactions.parquet (ground truth), so it runs after the clients
             stack.callback(injection.teardown)
             meta.params["injection"] = injection.params
 
+            stop.checkpoint()
             stage("starting the echo server")
             server = start_server_process(server_opts, run_path, netns=ns.name)
             stack.callback(server.stop)
@@ -149,15 +179,17 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
                 tracer.add_pids(pids)
                 injection.add_pids(pids, "client")
 
+            stop.checkpoint()
             stage(f"running {client_opts.n:,} transactions")
             bench_started = time.monotonic()
             progress = None
             if on_progress is not None:
                 progress = lambda done, slow: on_progress(done, client_opts.n, slow)  # noqa: E731
             try:
-                run_clients(client_opts, run_path, netns=ns.name, on_start=on_start,
-                                            on_progress=progress)
-                status = "complete"
+                result = run_clients(client_opts, run_path, netns=ns.name, on_start=on_start,
+                                     on_progress=progress, stop_event=stop.event)
+                stopped = result.stopped or result.interrupted or stop.event.is_set()
+                status = "interrupted" if stopped else "complete"
             finally:
                 bench_elapsed = time.monotonic() - bench_started
                 stage("stopping and draining")
@@ -165,7 +197,6 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
     except (KeyboardInterrupt, Terminated):
         status = "interrupted"
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
         meta = _finish_meta(run_path, meta, status, stats_box[0] if stats_box else None)
     outcome = RunOutcome(run_dir=run_path, status=status, elapsed_s=time.monotonic() - started,
                          transactions=int(meta.counts.get("transactions", 0)),

@@ -90,6 +90,8 @@ def command(ctx, scenario, out, force, threshold, relative, percentile, no_repor
     if no_report:
         click.echo(f"Wrote {outcome.run_dir}")
         click.echo(f"Next: spiketrace report {outcome.run_dir}")
+        if outcome.status != "complete":
+            ctx.exit(130)
         return
     from analysis import analyse
     from analysis.report import print_summary, write_reports
