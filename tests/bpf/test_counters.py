@@ -3,7 +3,6 @@ iproute2's own view of the same namespace (`nstat`, `ss`). Needs root (netns).""
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import subprocess
 import time
@@ -20,18 +19,6 @@ pytestmark = pytest.mark.bpf
 PORT = 9999  # fine inside a private namespace
 
 
-@pytest.fixture
-def ns():
-    from pyroute2 import IPRoute, netns
-
-    name = f"sttest-ctr-{os.getpid()}"
-    netns.create(name)
-    try:
-        with IPRoute(netns=name) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        yield name
-    finally:
-        netns.remove(name)
 
 
 def nstat(ns, name):

@@ -25,18 +25,6 @@ SPIKETRACE = str(Path(sys.executable).with_name("spiketrace"))
 PORT = 9999  # inside a private namespace
 
 
-@pytest.fixture
-def ns():
-    from pyroute2 import IPRoute, netns
-
-    name = f"sttest-trace-{os.getpid()}"
-    netns.create(name)
-    try:
-        with IPRoute(netns=name) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        yield name
-    finally:
-        netns.remove(name)
 
 
 class Daemon:

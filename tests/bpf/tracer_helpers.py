@@ -21,16 +21,10 @@ WORKER = Path(__file__).with_name("tracer_worker.py")
 @contextlib.contextmanager
 def private_netns(tag: str) -> Iterator[str]:
     """A fresh network namespace with lo up, removed on exit."""
-    from pyroute2 import IPRoute, netns
+    from spiketrace.netns import Namespace
 
-    name = f"sttest-tracer-{tag}-{os.getpid()}"
-    netns.create(name)
-    try:
-        with IPRoute(netns=name) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        yield name
-    finally:
-        netns.remove(name)
+    with Namespace.create(f"sttest-tracer-{tag}-{os.getpid()}") as namespace:
+        yield namespace.name
 
 
 def random_port() -> int:
