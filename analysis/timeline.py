@@ -10,6 +10,7 @@ import numpy as np
 
 from analysis.context import fmt_ns
 from analysis.core import AnalysisResult, analyse
+from analysis import facts
 from analysis.facts import ERRNO_NAMES, TCP_STATES
 from analysis.options import AnalysisOptions
 from spiketrace.errors import SpikeTraceError
@@ -81,8 +82,9 @@ def build_timeline(result: AnalysisResult, txn_id: int) -> Timeline:
     ev = ctx.frames.events
     own = np.flatnonzero(ctx.ev_ti == ti)
     cited = result.evidence[result.evidence["txn_id"] == txn_id]["ev_row"].to_numpy() if len(result.evidence) else []
+    drop_names = facts.drop_reason_names(ctx.meta)
     for e in np.union1d(own, cited).astype(np.int64):
-        add(int(ev["t_ns"].iat[e]), "kernel", event_text(ev.iloc[e]), int(e))
+        add(int(ev["t_ns"].iat[e]), "kernel", event_text(ev.iloc[e], drop_names), int(e))
     end = int(row["end"])
     for name in COUNTERS + tuple(n for n in ctx.frames.counters.names() if n.startswith("listen.")):
         for t, before, after in counter_changes(ctx.frames.counters, name, t0 - ctx.period_ns, end + ctx.period_ns):
@@ -108,8 +110,9 @@ def counter_changes(counters, name: str, a: int, b: int):
     return out
 
 
-def event_text(e) -> str:
-    """One kernel event in words, with the fields its kind gives meaning to."""
+def event_text(e, drop_names: Optional[Dict[int, str]] = None) -> str:
+    """One kernel event in words, with the fields its kind gives meaning to; drop reasons by
+    this kernel's names where the run recorded them."""
     kind = str(e["kind"])
     state = TCP_STATES.get(int(e["state"]), str(int(e["state"])))
     side = f" ({e['side']} side)" if e.get("side") else ""
@@ -121,7 +124,8 @@ def event_text(e) -> str:
     if kind == "state_change":
         return f"{state} -> {TCP_STATES.get(int(e['new_state']), str(int(e['new_state'])))}{side}"
     if kind == "drop":
-        return f"packet dropped, reason {int(e['reason'])}{side}"
+        name = (drop_names or {}).get(int(e["reason"]), str(int(e["reason"])))
+        return f"packet {facts.describe_drop(name)}{side}"
     if kind in ("reset_sent", "reset_received"):
         return f"{kind.replace('_', ' ')} in {state}{side}"
     if kind == "connect_error":
