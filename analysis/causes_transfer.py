@@ -19,6 +19,7 @@ def detect_data_retransmit(ctx: Context) -> None:
     earlier first retransmit is a tail loss probe."""
     ev = ctx.spike_events(["retransmit"])
     ev = ev[~ev["state"].isin(facts.HANDSHAKE_STATES) & (ev["side"] != "")]
+    _infer_data_retransmit(ctx, exclude=ev["ti"].to_numpy())
     if len(ev) == 0:
         return
     ti_ev = ev["ti"].to_numpy()
@@ -51,6 +52,46 @@ def detect_data_retransmit(ctx: Context) -> None:
         shorts.append(f"a data retransmit ({detail[k].upper()}) cost {fmt_ns(t_last[k] - a[k])}")
     ctx.cands.add(ti, "data_retransmit", detail, a, t_last, sentences, shorts)
     ctx.cands.cite(ev["ti"].to_numpy(), "data_retransmit", ev["ev_row"].to_numpy())
+
+
+def _infer_data_retransmit(ctx: Context, exclude: np.ndarray) -> None:
+    """A data segment of this connection was dropped (a `drop` event in an exchange) and the
+    namespace's Tcp.RetransSegs grew before the exchange completed, yet no retransmit event
+    was recorded: the segment was retransmitted (tcp:tcp_retransmit_skb does not report every
+    tail loss probe). The exchange's time from the drop on is the retransmit's; inferred."""
+    drops = ctx.spike_events(["drop"])
+    drops = drops[~drops["state"].isin(facts.HANDSHAKE_STATES) & (drops["side"] != "")
+                  & ~drops["ti"].isin(exclude)]
+    if len(drops) == 0:
+        return
+    drops = drops.sort_values("t_ns", kind="stable").drop_duplicates("ti")
+    ti = drops["ti"].to_numpy(dtype=np.int64)
+    t_drop = drops["t_ns"].to_numpy()
+    phase, a = ctx.phase_start(ti, t_drop)
+    ends = np.column_stack([ctx.col(c)[ti] for c in ("t_connected", "t_reply1", "t_reply2", "end")])
+    b = ends[np.arange(len(ti)), phase]
+    ok = (phase >= 1) & (phase <= 2) & (b > t_drop)
+    retrans = ctx.growth("Tcp.RetransSegs", t_drop, b)
+    probes = ctx.growth("TcpExt.TCPLossProbes", t_drop, b)
+    ok &= retrans > 0
+    if not ok.any():
+        return
+    ti, a, b, phase, drops = ti[ok], a[ok], b[ok], phase[ok], drops[ok]
+    tlp = probes[ok] > 0
+    names = facts.drop_reason_names(ctx.meta)
+    sentences, shorts = [], []
+    for k in range(len(ti)):
+        client = drops["side"].iat[k] == "server"  # s = the receiver: the server got the request
+        who, what = ("client", "request") if client else ("server", "reply")
+        name = names.get(int(drops["reason"].iat[k]), str(int(drops["reason"].iat[k])))
+        how = "by a tail loss probe (TCPLossProbes grew)" if tlp[k] else "(Tcp.RetransSegs grew)"
+        sentences.append(
+            f"A data segment of the {who}'s {what} in {_EXCHANGE[phase[k]]} was {facts.describe_drop(name)}; "
+            f"the {who} retransmitted it {how}, and the exchange completed {fmt_ns(b[k] - a[k])} after it "
+            f"began (inferred from the drop and the counters: no retransmit event was recorded).")
+        shorts.append(f"a data retransmit (inferred) cost {fmt_ns(b[k] - a[k])}")
+    ctx.cands.add(ti, "data_retransmit", np.where(tlp, "tlp", "rto"), a, b, sentences, shorts, inferred=True)
+    ctx.cands.cite(ti, "data_retransmit", drops["ev_row"].to_numpy())
 
 
 def _drop_reasons(ctx: Context, retrans: pd.DataFrame) -> dict:

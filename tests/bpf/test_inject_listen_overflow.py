@@ -21,7 +21,8 @@ def test_observer_matches_listen_overflows(tmp_path):
     assert sc.server_overrides["backlog"] == 1
     with private_ns("overflow", sc.sysctls) as ns:
         # backlog 1 holds 2 connections; the server accepts nothing for 0.5 s, so SYNs
-        # 3..5 are dropped once and get in with their retransmission 1 s later
+        # 3..5 are dropped and get in with a retransmission 1 s later (a retransmitted SYN
+        # may meet the full queue again: then it is dropped twice, and counted twice)
         server = Server(ns, backlog=1, accept_delay_s=0.5)
         inj = sc.setup(ns, tmp_path)
         try:
@@ -35,7 +36,7 @@ def test_observer_matches_listen_overflows(tmp_path):
             server.close()
 
     overflows = delta(before, after, "TcpExt.ListenOverflows")
-    assert overflows == 3
+    assert overflows >= 3
     assert inj.fault.stats()["drops"] == 0  # it only observes
     syn = [r for r in records if r.kind == "syn"]
     assert sum(r.copies - 1 for r in syn) == overflows

@@ -345,3 +345,33 @@ def test_a_stall_in_every_transaction_is_flagged_and_explained_on_request(tmp_pa
     assert set(result.explanations["cause_detail"]) == {"exchange2"}
     row = result.accuracy.set_index("cause").loc["delayed_ack"]
     assert (row.injected, row.recall, row.precision) == (30, 1.0, 1.0)
+
+
+def test_data_retransmit_inferred_from_a_drop_and_the_counters(tmp_path):
+    """A tail loss probe that tcp:tcp_retransmit_skb did not report: the drop of the request
+    plus Tcp.RetransSegs / TCPLossProbes growth before the exchange completed."""
+    def build(run):
+        run.meta.drop_reasons = {"73": "TC_INGRESS"}
+        t = run.txn(ex1_ms=208.2)
+        drop = run.event("drop", t["t_connected"] + 20_000, t, side="server", state=1, reason=73)
+        for name, before in (("Tcp.RetransSegs", 4), ("TcpExt.TCPLossProbes", 2)):
+            run.counter(name, t["t_start"] - 10 * MS, before)
+            run.counter(name, t["t_connected"] + 207 * MS, before + 1)
+        return drop
+
+    result, drop = run_with(tmp_path, build)
+    e = only_spike(result)
+    assert (e.cause, e.cause_detail) == ("data_retransmit", "tlp")
+    assert bool(e.inferred)
+    assert list(e.evidence_events) == [drop]
+    assert 200 * MS <= e.data_retransmit_ns <= 209 * MS
+    assert "client's request" in e.sentence and "tc ingress filter" in e.sentence
+
+
+def test_a_drop_without_counter_growth_is_not_called_a_retransmit(tmp_path):
+    def build(run):
+        t = run.txn(ex1_ms=208.2)
+        run.event("drop", t["t_connected"] + 20_000, t, side="server", state=1, reason=73)
+
+    result, _ = run_with(tmp_path, build)
+    assert only_spike(result).cause != "data_retransmit"
