@@ -140,15 +140,6 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 
 	if (newstate == ST_TCP_LISTEN || (oldstate == ST_TCP_LISTEN && newstate == ST_TCP_CLOSE))
 		return 0; /* listeners are not connections */
-#ifndef ALL_EVENTS
-	/* Only the handshake, ESTABLISHED and CLOSE matter to the tracking (the states in between
-	 * are not kept: evidence rules only ask whether a connection is still in its handshake,
-	 * and TIME_WAIT inference gets the closing state from the tracepoint), so skip the map
-	 * lookup for FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING: ~2 of ~6 calls per connection. */
-	if (newstate != ST_TCP_SYN_SENT && newstate != ST_TCP_SYN_RECV &&
-	    newstate != ST_TCP_ESTABLISHED && newstate != ST_TCP_CLOSE)
-		return 0;
-#endif
 	c = conns.lookup(&key);
 	if (c) {
 		netns = c->netns;
