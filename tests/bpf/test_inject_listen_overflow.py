@@ -36,11 +36,13 @@ def test_observer_matches_listen_overflows(tmp_path):
             server.close()
 
     overflows = delta(before, after, "TcpExt.ListenOverflows")
-    assert overflows >= 3
     assert inj.fault.stats()["drops"] == 0  # it only observes
     syn = [r for r in records if r.kind == "syn"]
-    assert sum(r.copies - 1 for r in syn) == overflows
-    assert delta(before, after, "TcpExt.TCPSynRetrans") == overflows
+    dropped_syns = sum(r.copies - 1 for r in syn)
+    # every dropped SYN is an overflow; an overflow can also be a handshake's final ACK
+    # meeting the full queue (the server then retransmits its SYN-ACK instead)
+    assert 3 <= dropped_syns <= overflows
+    assert delta(before, after, "TcpExt.TCPSynRetrans") >= dropped_syns
     slow = {port for port, secs in times.items() if secs >= 0.9}
     assert {r.sport for r in syn} == slow and len(slow) == 3
     gt = pd.read_parquet(tmp_path / "ground_truth.parquet")
