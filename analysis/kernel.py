@@ -106,6 +106,12 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
             ci = hit[both]
             client.loc[client.index[ci], "server_pid"] = server["server_pid"].to_numpy()[both]
             client.loc[client.index[ci], "seen"] = "both"
+            # a missed ESTABLISHED of the client (a skipped probe run, counted as lost): the
+            # server saw the handshake complete, so its time stands in for the client's
+            c_est = client["t_established"].to_numpy()[ci]
+            s_est = server["t_established"].to_numpy()[both]
+            fill = (c_est == 0) & (s_est > 0)
+            client.loc[client.index[ci[fill]], "t_established"] = s_est[fill]
             for col in ("retrans", "resets"):
                 client.loc[client.index[ci], col] = client[col].to_numpy()[ci] + server[col].to_numpy()[both]
             client.loc[client.index[ci], "flags"] = client["flags"].to_numpy()[ci] | server["flags"].to_numpy()[both]
