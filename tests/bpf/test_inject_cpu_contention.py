@@ -14,7 +14,7 @@ from netfault_helpers import ROOT
 from spiketrace.netns import proc_starttime
 from spiketrace.scenarios import SCENARIOS
 
-pytestmark = pytest.mark.bpf
+pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("private_state_dir")]
 
 # sleeps 1 ms in a loop for 1.2 s; prints the oversleeps > 30 ms (start, end ns) and the
 # kernel's run-queue wait time of the thread (schedstat field 2) over the loop
@@ -28,11 +28,6 @@ while time.monotonic_ns() < end:
     if d - t > 30_000_000: late.append((t, d))
 print(json.dumps({"late": late, "runq_ns": rq() - w0}), flush=True)
 """
-
-
-@pytest.fixture(autouse=True)
-def private_state_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPIKETRACE_STATE_DIR", str(tmp_path / "state"))
 
 
 def test_pinned_process_waits_during_bursts(tmp_path):

@@ -10,12 +10,7 @@ import pytest
 from netfault_helpers import ClientProcess, Server, delta, private_ns
 from spiketrace.scenarios import SCENARIOS
 
-pytestmark = pytest.mark.bpf
-
-
-@pytest.fixture(autouse=True)
-def private_state_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPIKETRACE_STATE_DIR", str(tmp_path / "state"))
+pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("private_state_dir")]
 
 
 def test_dropped_syn_costs_three_seconds(tmp_path):

@@ -14,12 +14,7 @@ from netfault_helpers import PORT, Server, private_ns
 from spiketrace.rundir import TableWriter
 from spiketrace.scenarios import SCENARIOS
 
-pytestmark = pytest.mark.bpf
-
-
-@pytest.fixture(autouse=True)
-def private_state_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPIKETRACE_STATE_DIR", str(tmp_path / "state"))
+pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("private_state_dir")]
 
 
 def serial_transactions(ns, n, writer=None):

@@ -8,12 +8,7 @@ import pytest
 from netfault_helpers import Server, connect_concurrently, delta, private_ns
 from spiketrace.scenarios import SCENARIOS
 
-pytestmark = pytest.mark.bpf
-
-
-@pytest.fixture(autouse=True)
-def private_state_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPIKETRACE_STATE_DIR", str(tmp_path / "state"))
+pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("private_state_dir")]
 
 
 def test_syn_loss_drops_exactly_the_recorded_syns(tmp_path):

@@ -8,15 +8,10 @@ import pytest
 from netfault_helpers import private_ns
 from spiketrace.scenarios import SCENARIOS
 
-pytestmark = pytest.mark.bpf
+pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("private_state_dir")]
 
 bench_server = pytest.importorskip("bench.server")
 bench_client = pytest.importorskip("bench.client")
-
-
-@pytest.fixture(autouse=True)
-def private_state_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPIKETRACE_STATE_DIR", str(tmp_path / "state"))
 
 
 def run_scenario(name, run_dir, n, client_extra=None, **params):
