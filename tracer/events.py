@@ -29,7 +29,7 @@ KIND_NAMES: Dict[int, str] = {
 KIND_MAX = 11
 
 # Counter slots and histograms (CTR_*, HIST_* in spiketrace.h).
-CTR_CONN_COUNTED, CTR_CONN_SENT, CTR_CONN_LOST, CTR_TIME_WAIT = 0, 1, 2, 3
+CTR_CONN_COUNTED, CTR_CONN_SENT, CTR_CONN_LOST, CTR_TIME_WAIT, CTR_CONN_UNTRACKED = 0, 1, 2, 3, 4
 CTR_SENT_BASE, CTR_LOST_BASE, CTR_MAX = 16, 32, 48
 HIST_NAMES = ("connect_ns", "lifetime_ns", "accept_wait_ns", "runq_delay_ns")
 HIST_BUCKETS = 64

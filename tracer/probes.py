@@ -51,6 +51,10 @@ def _tp(event: str, fn: str, fields: Sequence[str]) -> Tuple[str, str, Tuple[str
     return (event, fn, tuple(fields))
 
 
+# task_struct.sched_info (CONFIG_SCHED_INFO) and the run slice's CPU time
+_SCHED_OFFSETS = ("OFF_TASK_SCHED_PCOUNT", "OFF_TASK_RUN_DELAY", "OFF_TASK_SUM_EXEC",
+                  "OFF_TASK_PREV_SUM_EXEC")
+
 EVIDENCE: Tuple[Evidence, ...] = (
     Evidence("state_change", (
         _raw("inet_sock_set_state", "USE_RAW_STATE_CHANGE", 3, "OFF_SK_PROTOCOL"),
@@ -108,20 +112,18 @@ EVIDENCE: Tuple[Evidence, ...] = (
                                  _tp("syscalls:sys_exit_connect", "tp_sys_exit_connect", ("ret",))),
                   "USE_TP_CONNECT_ERROR"),
     )),
+    # the kernel's per-task accounting (sched_info), sampled at each switch-out (sched.c)
     Evidence("runq_delay", (
-        Candidate("raw_tracepoint", (("sched_wakeup", "raw_sched_wakeup", ()),
-                                     ("sched_wakeup_new", "raw_sched_wakeup_new", ()),
+        Candidate("raw_tracepoint", (("sched_wakeup_new", "raw_sched_wakeup_new", ()),
                                      ("sched_switch", "raw_sched_switch", ())),
-                  "USE_RAW_RUNQ_DELAY", min_args=1, offsets=("OFF_TASK_PID", "OFF_TASK_COMM")),
-        Candidate("tracepoint", (_tp("sched:sched_wakeup", "tp_sched_wakeup", ("pid",)),
-                                 _tp("sched:sched_wakeup_new", "tp_sched_wakeup_new", ("pid",)),
-                                 _tp("sched:sched_switch", "tp_sched_switch",
-                                     ("prev_pid", "prev_state", "next_pid", "next_comm"))),
-                  "USE_TP_RUNQ_DELAY"),
+                  "USE_RAW_RUNQ_DELAY", min_args=1, offsets=_SCHED_OFFSETS + ("OFF_TASK_PID",)),
+        Candidate("tracepoint", (_tp("sched:sched_wakeup_new", "tp_sched_wakeup_new", ("pid",)),
+                                 _tp("sched:sched_switch", "tp_sched_switch", ())),
+                  "USE_TP_RUNQ_DELAY", offsets=_SCHED_OFFSETS),
     )),
 )
 
-_RAW_MIN_ARGS = {"sched_switch": 4}  # prev_state became an argument in Linux 5.18
+_RAW_MIN_ARGS: Dict[str, int] = {}  # per raw tracepoint, where it differs from min_args
 
 EVIDENCE_NAMES = tuple(e.name for e in EVIDENCE)
 

@@ -32,7 +32,7 @@ _FALLBACK_PROBES: List[Tuple[str, Tuple[str, ...], str, str, bool]] = [
     ("reset_sent", ("tcp/tcp_send_reset",), "tcp_v4_send_reset", "", False),
     ("reset_received", ("tcp/tcp_receive_reset",), "tcp_reset", "", False),
     ("connect_error", ("syscalls/sys_exit_connect",), "", "", False),
-    ("runq_delay", ("sched/sched_wakeup", "sched/sched_wakeup_new", "sched/sched_switch"),
+    ("runq_delay", ("sched/sched_wakeup_new", "sched/sched_switch"),
      "", "", False),
 ]
 

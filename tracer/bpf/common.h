@@ -76,20 +76,38 @@ BPF_PERF_OUTPUT(events);
 /* Arrays where a key is small: their lookups are inlined by the verifier (no hashing, no
  * locks), and these maps are read several times per connection and per context switch. */
 BPF_ARRAY(ports, u8, 65536);                      /* port (host byte order) -> 1 if traced */
-BPF_HASH(pids, u32, u8, 65536);                   /* tgid -> PID_USER | PID_LEARNED */
+/* Traced processes: bitmaps indexed by tgid, which is below PID_MAX_LIMIT (4M on 64-bit), so
+ * every possible tgid has its bit and a lookup is inlined (no hashing, no helper call). */
+#define PID_WORDS 65536
+struct pid_word {
+	u64 user;    /* PID_USER: given by the user */
+	u64 learned; /* PID_LEARNED: connected to / accepted from a traced port */
+};
+BPF_ARRAY(pids, struct pid_word, PID_WORDS);
 /* Threads of traced processes (sched.c), in slots indexed by tid & TASK_SLOTS-1. A slot holds
  * one tid: two traced threads that share a slot lose one's run-queue tracking (rare), an
- * untraced thread in a traced one's slot is told apart by the tid. */
+ * untraced thread in a traced one's slot is told apart by the tid. The kernel's own per-task
+ * run-queue accounting (task_struct.sched_info) is sampled at each switch-out. */
 #define TASK_SLOTS 65536
 struct task_slot {
 	u32 tid;
 	u32 pad;
-	u64 runnable_since; /* 0: running or sleeping */
+	u64 pcount;    /* sched_info.pcount at the thread's last switch-out */
+	u64 run_delay; /* sched_info.run_delay (ns) then */
 };
 BPF_ARRAY(task_slots, struct task_slot, TASK_SLOTS);
-/* A plain (preallocated) hash: entries are deleted by the program itself, cheaper updates than
- * LRU. A full `conns` (65536 sockets open at once) leaves new ones untracked. */
-BPF_HASH(conns, u64, struct st_conn, 65536);      /* sock address -> connection */
+/* Connections being tracked, one per socket from its first state change to CLOSE, in an array
+ * indexed by a hash of the socket's address: each socket has two candidate slots and takes the
+ * first free one (compare-and-swap on `sk`). An array lookup is inlined by the verifier; a hash
+ * map's insert and delete cost ~0.5 us per connection here (benchmarks/tracer_overhead.py). A
+ * socket whose two slots are both held by live sockets is not tracked (CTR_CONN_UNTRACKED). */
+#define CONN_SLOTS_BITS 16
+#define CONN_SLOTS (1 << CONN_SLOTS_BITS)
+struct conn_slot {
+	struct st_conn c; /* first: a struct st_conn * into the array is its slot's address */
+	u64 sk;           /* the socket holding the slot, 0 if free */
+};
+BPF_ARRAY(conns, struct conn_slot, CONN_SLOTS);
 BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 BPF_PERCPU_ARRAY(hists, u64, HIST_N * HIST_BUCKETS);
 #ifdef FILTER_CGROUP
@@ -102,6 +120,47 @@ static __always_inline void count(u32 slot)
 	u64 *c = counters.lookup(&slot);
 	if (c)
 		(*c)++;
+}
+
+/* Fibonacci hashing of a socket address (slab objects: the low bits carry little). */
+static __always_inline u32 conn_index(u64 sk, u64 mult)
+{
+	return (u32)(((sk >> 6) * mult) >> (64 - CONN_SLOTS_BITS));
+}
+
+static __always_inline struct st_conn *conn_find(const void *sk)
+{
+	u64 key = (u64)sk;
+	u32 i = conn_index(key, 0x9E3779B97F4A7C15ULL);
+	struct conn_slot *s = conns.lookup(&i);
+	if (s && s->sk == key)
+		return &s->c;
+	i = conn_index(key, 0xC2B2AE3D27D4EB4FULL);
+	s = conns.lookup(&i);
+	if (s && s->sk == key)
+		return &s->c;
+	return NULL;
+}
+
+/* A free slot for `sk` (the caller overwrites it whole); NULL, counted, if both are held. */
+static __always_inline struct st_conn *conn_claim(const void *sk)
+{
+	u64 key = (u64)sk;
+	u32 i = conn_index(key, 0x9E3779B97F4A7C15ULL);
+	struct conn_slot *s = conns.lookup(&i);
+	if (s && s->sk == 0 && __sync_val_compare_and_swap(&s->sk, 0, key) == 0)
+		return &s->c;
+	i = conn_index(key, 0xC2B2AE3D27D4EB4FULL);
+	s = conns.lookup(&i);
+	if (s && s->sk == 0 && __sync_val_compare_and_swap(&s->sk, 0, key) == 0)
+		return &s->c;
+	count(CTR_CONN_UNTRACKED);
+	return NULL;
+}
+
+static __always_inline void conn_release(struct st_conn *c)
+{
+	((struct conn_slot *)c)->sk = 0;
 }
 
 static __always_inline void hist_add(u32 hist, u64 value)
@@ -183,12 +242,28 @@ static __always_inline int ports_in_scope(u16 sport, u16 dport)
 #endif
 }
 
+static __always_inline struct pid_word *pid_word_of(u32 tgid, u64 *bit)
+{
+	u32 i = (tgid >> 6) & (PID_WORDS - 1);
+	*bit = 1ULL << (tgid & 63);
+	return pids.lookup(&i);
+}
+
+/* PID_USER | PID_LEARNED, 0 if the process is not traced. */
+static __always_inline u32 pid_flags(u32 tgid)
+{
+	u64 bit;
+	struct pid_word *w = pid_word_of(tgid, &bit);
+	if (!w)
+		return 0;
+	return ((w->user & bit) ? PID_USER : 0) | ((w->learned & bit) ? PID_LEARNED : 0);
+}
+
 /* Scope of a process-context event: user-given pids and cgroup. */
 static __always_inline int task_in_scope(u32 tgid)
 {
 #ifdef FILTER_PIDS
-	u8 *f = pids.lookup(&tgid);
-	if (!f || !(*f & PID_USER))
+	if (!(pid_flags(tgid) & PID_USER))
 		return 0;
 #endif
 #ifdef FILTER_CGROUP
@@ -200,11 +275,10 @@ static __always_inline int task_in_scope(u32 tgid)
 
 static __always_inline void learn_pid(u32 tgid)
 {
-	u8 *f = pids.lookup(&tgid);
-	if (!f) {
-		u8 v = PID_LEARNED;
-		pids.update(&tgid, &v);
-	}
+	u64 bit;
+	struct pid_word *w = pid_word_of(tgid, &bit);
+	if (w && !((w->user | w->learned) & bit))
+		__sync_fetch_and_or(&w->learned, bit);
 }
 
 /* Scope of a socket not tracked yet: its ports, then its netns. With only pids/cgroup given,
@@ -264,6 +338,13 @@ static __always_inline void sk_read_tuple(const void *sk, struct st_tuple *t)
 static __always_inline void req_read_tuple(const void *req, struct st_tuple *t)
 {
 	sk_read_tuple_common(req, t, 0);
+}
+
+static __always_inline u16 sk_read_protocol(const void *sk)
+{
+	u16 protocol = 0;
+	bpf_probe_read_kernel(&protocol, 2, (char *)sk + OFF_SK_PROTOCOL);
+	return protocol;
 }
 
 static __always_inline u8 sk_read_state(const void *sk)

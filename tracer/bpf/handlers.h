@@ -46,7 +46,7 @@ static __always_inline void conn_fix_port(struct st_conn *c, const void *sk, str
 
 /* ---- connection tracking: one st_conn per socket, from its first state to CLOSE ---- */
 
-static __always_inline void conn_close(void *ctx, struct st_conn *c, u64 key, u64 now)
+static __always_inline void conn_close(void *ctx, struct st_conn *c, u64 now)
 {
 	c->t_close = now;
 	if (c->t_open) {
@@ -58,7 +58,7 @@ static __always_inline void conn_close(void *ctx, struct st_conn *c, u64 key, u6
 	count(CTR_CONN_COUNTED);
 	if (c->flags & (CONN_SLOW_CONNECT | CONN_SLOW_LIFETIME | CONN_RETRANS))
 		submit_conn(ctx, c);
-	conns.delete(&key);
+	conn_release(c);
 }
 
 static __always_inline void emit_time_wait(void *ctx, struct st_conn *c, u32 netns,
@@ -85,33 +85,33 @@ static __always_inline void emit_time_wait(void *ctx, struct st_conn *c, u32 net
 static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u32 netns,
 						 const struct st_tuple *t, u64 now)
 {
-	u64 key = (u64)sk;
-	struct st_conn zero;
-
-	__builtin_memset(&zero, 0, sizeof(zero));
-	zero.netns = netns;
-	zero.sport = t->sport;
-	zero.dport = t->dport;
-	zero.family = t->family;
-	__builtin_memcpy(zero.saddr, t->saddr, 16);
-	__builtin_memcpy(zero.daddr, t->daddr, 16);
+	struct st_conn *c = conn_claim(sk);
+	if (!c)
+		return NULL;
+	__builtin_memset(c, 0, sizeof(*c));
+	c->netns = netns;
+	c->sport = t->sport;
+	c->dport = t->dport;
+	c->family = t->family;
+	__builtin_memcpy(c->saddr, t->saddr, 16);
+	__builtin_memcpy(c->daddr, t->daddr, 16);
 	if (newstate == ST_TCP_SYN_SENT) {
 		/* connect() runs in the connecting task's context */
-		zero.role = ROLE_CLIENT;
-		zero.t_open = now;
-		zero.pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(zero.comm, sizeof(zero.comm));
-		learn_pid(zero.pid); /* so its run-queue delays are traced too */
+		c->role = ROLE_CLIENT;
+		c->t_open = now;
+		c->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(c->comm, sizeof(c->comm));
+		learn_pid(c->pid); /* so its run-queue delays are traced too */
 	} else if (newstate == ST_TCP_SYN_RECV) {
 		/* a child socket, created when the handshake's final ACK arrived (softirq: the
 		 * owner is learned at accept()) */
-		zero.role = ROLE_SERVER;
-		zero.t_open = now;
+		c->role = ROLE_SERVER;
+		c->t_open = now;
 	} else {
-		zero.flags = CONN_PARTIAL;
+		c->flags = CONN_PARTIAL;
 	}
-	zero.state = newstate;
-	return conns.lookup_or_try_init(&key, &zero);
+	c->state = newstate;
+	return c;
 }
 
 /* A socket not tracked yet: in scope by ports and netns, or (pids/cgroup only) when a traced
@@ -131,25 +131,37 @@ static __always_inline int new_sock_in_scope(const void *sk, int newstate, struc
 #endif
 }
 
+/* `tcp`: 1 if the caller knows sk is a TCP socket, 0 if it is to be read (only for sockets not
+ * tracked yet: a tracked one is TCP). */
 static __always_inline int handle_state(void *ctx, const void *sk, int oldstate, int newstate,
-					struct st_tuple *t, int have)
+					struct st_tuple *t, int have, int tcp)
 {
-	u64 key = (u64)sk, now;
+	u64 now;
 	u32 netns = 0;
 	struct st_conn *c;
 
 	if (newstate == ST_TCP_LISTEN || (oldstate == ST_TCP_LISTEN && newstate == ST_TCP_CLOSE))
 		return 0; /* listeners are not connections */
-	c = conns.lookup(&key);
+	c = conn_find(sk);
+	/* a socket being born that is still tracked: its CLOSE was missed (a skipped probe run)
+	 * and the memory now holds a new socket */
+	if (c && ((oldstate == ST_TCP_CLOSE && newstate == ST_TCP_SYN_SENT) ||
+		  (oldstate == ST_TCP_LISTEN && newstate == ST_TCP_SYN_RECV))) {
+		conn_release(c);
+		c = NULL;
+	}
 	if (c) {
 		netns = c->netns;
+		now = bpf_ktime_get_ns();
 	} else {
+		if (!tcp && sk_read_protocol(sk) != ST_IPPROTO_TCP)
+			return 0;
 		if (!new_sock_in_scope(sk, newstate, t, &have, &netns))
 			return 0;
+		now = bpf_ktime_get_ns();
 		if (newstate != ST_TCP_CLOSE)
-			c = conn_open(sk, newstate, netns, t, bpf_ktime_get_ns());
+			c = conn_open(sk, newstate, netns, t, now);
 	}
-	now = bpf_ktime_get_ns();
 #ifdef ALL_EVENTS
 	{
 		struct st_event ev;
@@ -188,7 +200,7 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 			emit_time_wait(ctx, c, netns, &ct, oldstate);
 		}
 #endif
-		conn_close(ctx, c, key, now);
+		conn_close(ctx, c, now);
 	}
 	return 0;
 }
@@ -196,11 +208,10 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 static __always_inline int handle_retransmit(void *ctx, const void *sk, int state, int err,
 					     struct st_tuple *t, int have)
 {
-	u64 key = (u64)sk;
 	u32 netns = 0;
 	s64 nth = 0;
 	struct st_event ev;
-	struct st_conn *c = conns.lookup(&key);
+	struct st_conn *c = conn_find(sk);
 
 	if (c) {
 		netns = c->netns;
@@ -286,9 +297,8 @@ static __always_inline int emit_reset(void *ctx, u8 kind, const void *sk, struct
 static __always_inline int handle_reset_received(void *ctx, const void *sk, struct st_tuple *t,
 						 int have)
 {
-	u64 key = (u64)sk;
 	u32 netns = 0;
-	struct st_conn *c = conns.lookup(&key);
+	struct st_conn *c = conn_find(sk);
 	if (c) {
 		netns = c->netns;
 		if (!have)
@@ -307,12 +317,11 @@ static __always_inline int handle_reset_received(void *ctx, const void *sk, stru
 static __always_inline int handle_reset_sent(void *ctx, const void *sk, const void *skb,
 					     int state, int reason, struct st_tuple *t, int have)
 {
-	u64 key = (u64)sk;
 	u32 netns = 0;
 	struct st_conn *c = NULL;
 
 	if (sk) {
-		c = conns.lookup(&key);
+		c = conn_find(sk);
 		if (!c && state == ST_TCP_CLOSE)
 			return 0; /* our own abortive close of an untracked socket */
 	}
@@ -363,8 +372,7 @@ static __always_inline int handle_drop(void *ctx, const void *skb, const void *r
 		return 0;
 	fill_event(&ev, KIND_DROP, netns, &t);
 	if (rx_sk) {
-		u64 key = (u64)rx_sk;
-		set_owner(&ev, conns.lookup(&key));
+		set_owner(&ev, conn_find(rx_sk));
 		ev.state = sk_read_state(rx_sk);
 	}
 	ev.reason = reason < 0 ? 0 : reason;
@@ -379,8 +387,8 @@ static __always_inline int handle_drop(void *ctx, const void *skb, const void *r
 /* accept() returned socket `sk` to the current task: the wait since its ESTABLISHED. */
 static __always_inline int handle_accepted(void *ctx, const void *sk)
 {
-	u64 key = (u64)sk, now, id;
-	struct st_conn *c = conns.lookup(&key);
+	u64 now, id;
+	struct st_conn *c = conn_find(sk);
 	if (!c || c->role != ROLE_SERVER)
 		return 0;
 	id = bpf_get_current_pid_tgid();

@@ -34,7 +34,7 @@ int kp_tcp_set_state(struct pt_regs *ctx)
 {
 	const void *sk = (const void *)PT_REGS_PARM1(ctx);
 	struct st_tuple t = {};
-	return handle_state(ctx, sk, sk_read_state(sk), (int)PT_REGS_PARM2(ctx), &t, 0);
+	return handle_state(ctx, sk, sk_read_state(sk), (int)PT_REGS_PARM2(ctx), &t, 0, 1);
 }
 #endif
 
@@ -44,9 +44,8 @@ int kp_tcp_time_wait(struct pt_regs *ctx)
 {
 	const void *sk = (const void *)PT_REGS_PARM1(ctx);
 	struct st_tuple t = {};
-	u64 key = (u64)sk;
 	u32 netns = 0;
-	struct st_conn *c = conns.lookup(&key);
+	struct st_conn *c = conn_find(sk);
 	if (c) {
 		netns = c->netns;
 		conn_tuple(c, &t);

@@ -17,13 +17,10 @@
 /* inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate) */
 int raw_inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
-	const void *sk = (const void *)RAW_ARG(ctx, 0);
 	struct st_tuple t = {};
-	u16 protocol = 0;
-	bpf_probe_read_kernel(&protocol, 2, (char *)sk + OFF_SK_PROTOCOL);
-	if (protocol != ST_IPPROTO_TCP)
-		return 0;
-	return handle_state(ctx, sk, (int)RAW_ARG(ctx, 1), (int)RAW_ARG(ctx, 2), &t, 0);
+	/* any inet protocol's state changes: handle_state() checks for TCP */
+	return handle_state(ctx, (const void *)RAW_ARG(ctx, 0), (int)RAW_ARG(ctx, 1),
+			    (int)RAW_ARG(ctx, 2), &t, 0, 0);
 }
 #endif
 

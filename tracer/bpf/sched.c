@@ -1,18 +1,25 @@
-/* sched.c — run-queue delay of traced threads (sched_wakeup, sched_wakeup_new, sched_switch).
+/* sched.c — run-queue delay of traced threads, from the kernel's own accounting.
+ *
+ * The scheduler already measures every wait for a CPU: task_struct.sched_info.run_delay sums
+ * them (from enqueue — a wakeup, or a preemption — to the switch in) and sched_info.pcount
+ * counts the waits (CONFIG_SCHED_INFO: what /proc/<pid>/schedstat shows). So one probe is
+ * enough: at each sched_switch, the thread switched out (the current task) has had exactly one
+ * wait since its previous switch-out, the one before the run slice now ending; its length is
+ * the growth of run_delay. It ended when the slice began: now minus the slice's CPU time
+ * (se.sum_exec_runtime - se.prev_sum_exec_runtime). No wakeup probe, no struct read of the
+ * next task, and an untraced thread costs two array lookups.
  *
  * A thread is traced once its process is (pids map: user-given or learned from a connect() or
- * accept() on a traced port) or it runs in the traced cgroup; sched_wakeup only names the woken
- * thread, so threads are remembered in `task_slots` when they are switched out. The delay runs from
- * the wakeup (or preemption: the tracepoint record's prev_state shows 0x100 = TASK_REPORT_MAX
- * on 6.x, the raw tracepoint has a `preempt` argument) to the thread's next sched_switch in.
+ * accept() on a traced port) or it runs in the traced cgroup; its first switch-out records a
+ * baseline. A thread or child process created by a traced one is traced from birth
+ * (sched_wakeup_new; its sched_info starts at zero).
  */
 #include "handlers.h"
 
 #if defined(USE_TP_RUNQ_DELAY) || defined(USE_RAW_RUNQ_DELAY)
 static __always_inline int tracked_task(u32 tgid)
 {
-	u8 *f = pids.lookup(&tgid);
-	if (f)
+	if (pid_flags(tgid))
 		return 1;
 #ifdef FILTER_CGROUP
 	return cgroup_filter.check_current_task(0) > 0;
@@ -27,80 +34,79 @@ static __always_inline struct task_slot *slot_of(u32 tid)
 	return task_slots.lookup(&idx);
 }
 
-static __always_inline void trace_thread(u32 tid)
-{
-	struct task_slot *t = slot_of(tid);
-	if (t && t->tid != tid) {
-		t->tid = tid;
-		t->runnable_since = 0;
-	}
-}
-
-static __always_inline void mark_runnable(u32 tid)
-{
-	struct task_slot *t = slot_of(tid);
-	if (t && t->tid == tid)
-		t->runnable_since = bpf_ktime_get_ns();
-}
-
+/* The parent runs here: a new thread or child of a traced process is traced too. */
 static __always_inline int handle_wakeup_new(u32 tid)
 {
-	/* the parent runs here: a new thread or child of a traced process is traced too */
-	if (tracked_task(bpf_get_current_pid_tgid() >> 32))
-		trace_thread(tid);
-	mark_runnable(tid);
+	struct task_slot *t;
+	if (!tracked_task(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	t = slot_of(tid);
+	if (t) {
+		t->tid = tid;
+		t->pcount = 0;
+		t->run_delay = 0;
+	}
 	return 0;
 }
 
-/* `next_comm` points to the next task's name (in the record or in its task_struct);
- * `still_runnable`: prev was preempted, so its wait for the CPU starts now. */
-static __always_inline int handle_switch(void *ctx, u32 prev, u32 next, int still_runnable,
-					 const char *next_comm)
-{
-	struct task_slot *t;
-	u64 since, now;
+/* sched_info.pcount and .run_delay, read at once (adjacent in every kernel with sched_info) */
+#if OFF_TASK_RUN_DELAY != OFF_TASK_SCHED_PCOUNT + 8
+#error "task_struct.sched_info: run_delay does not follow pcount"
+#endif
+struct st_sched_info {
+	u64 pcount;
+	u64 run_delay;
+};
 
-	if (prev) {
-		t = slot_of(prev);
-		/* current is still `prev` here, so its tgid and cgroup are at hand */
-		if (t && t->tid != prev && tracked_task(bpf_get_current_pid_tgid() >> 32)) {
-			t->tid = prev;
-			t->runnable_since = 0;
-		}
-		if (t && t->tid == prev && still_runnable)
-			t->runnable_since = bpf_ktime_get_ns();
-	}
-	t = slot_of(next);
-	if (!t || t->tid != next || !t->runnable_since)
+static __always_inline int handle_switch_out(void *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid(), d, n;
+	u32 tid = id;
+	const char *task;
+	struct task_slot *t;
+	struct st_sched_info si = {};
+
+	if (!tid)
+		return 0; /* the idle task */
+	t = slot_of(tid);
+	if (!t)
 		return 0;
-	since = t->runnable_since;
-	t->runnable_since = 0;
-	now = bpf_ktime_get_ns();
-	if (now > since) {
-		u64 d = now - since;
-		hist_add(HIST_RUNQ, d);
-		if (d > RUNQ_THRESHOLD_NS) {
-			struct st_event ev;
-			fill_event(&ev, KIND_RUNQ_DELAY, 0, NULL);
-			ev.pid = next; /* the delayed thread, not the current one */
-			bpf_probe_read_kernel(ev.comm, 16, next_comm);
-			ev.value = d;
-			ev.value2 = bpf_get_smp_processor_id();
-			ev.t_ns = now;
-			submit_event(ctx, &ev);
-		}
+	if (t->tid != tid && !tracked_task(id >> 32))
+		return 0;
+	task = (const char *)bpf_get_current_task();
+	bpf_probe_read_kernel(&si, sizeof(si), task + OFF_TASK_SCHED_PCOUNT);
+	if (t->tid != tid) {
+		t->tid = tid; /* first switch-out seen: the baseline */
+		t->pcount = si.pcount;
+		t->run_delay = si.run_delay;
+		return 0;
+	}
+	n = si.pcount - t->pcount;
+	d = si.run_delay - t->run_delay;
+	t->pcount = si.pcount;
+	t->run_delay = si.run_delay;
+	if (n != 1)
+		return 0; /* no wait (pcount moves only after one), or a switch-out missed */
+	hist_add(HIST_RUNQ, d);
+	if (d > RUNQ_THRESHOLD_NS) {
+		struct st_event ev;
+		u64 ran[2] = {}; /* se.sum_exec_runtime, se.prev_sum_exec_runtime */
+		bpf_probe_read_kernel(&ran[0], 8, task + OFF_TASK_SUM_EXEC);
+		bpf_probe_read_kernel(&ran[1], 8, task + OFF_TASK_PREV_SUM_EXEC);
+		fill_event(&ev, KIND_RUNQ_DELAY, 0, NULL);
+		ev.pid = tid; /* the delayed thread */
+		bpf_get_current_comm(ev.comm, sizeof(ev.comm));
+		ev.value = d;
+		ev.value2 = bpf_get_smp_processor_id();
+		if (ran[0] > ran[1] && ev.t_ns > ran[0] - ran[1])
+			ev.t_ns -= ran[0] - ran[1]; /* when the wait ended: the slice's start */
+		submit_event(ctx, &ev);
 	}
 	return 0;
 }
 #endif
 
 #ifdef USE_TP_RUNQ_DELAY
-int tp_sched_wakeup(void *ctx)
-{
-	mark_runnable(TP_FIELD(ctx, u32, TPO_sched_wakeup_pid));
-	return 0;
-}
-
 int tp_sched_wakeup_new(void *ctx)
 {
 	return handle_wakeup_new(TP_FIELD(ctx, u32, TPO_sched_wakeup_new_pid));
@@ -108,41 +114,22 @@ int tp_sched_wakeup_new(void *ctx)
 
 int tp_sched_switch(void *ctx)
 {
-	return handle_switch(ctx, TP_FIELD(ctx, u32, TPO_sched_switch_prev_pid),
-			     TP_FIELD(ctx, u32, TPO_sched_switch_next_pid),
-			     /* TASK_RUNNING (0), or TASK_REPORT_MAX (0x100) if preempted */
-			     (TP_FIELD(ctx, long, TPO_sched_switch_prev_state) & 0xFF) == 0,
-			     (char *)ctx + TPO_sched_switch_next_comm);
+	return handle_switch_out(ctx);
 }
 #endif
 
 #ifdef USE_RAW_RUNQ_DELAY
-/* raw tracepoints: sched_wakeup(_new)(struct task_struct *p); sched_switch(bool preempt,
- * struct task_struct *prev, struct task_struct *next, unsigned int prev_state) (5.18+). A
- * wakeup from an interrupt that lands inside another BPF program is not skipped here. */
-static __always_inline u32 task_pid(const void *task)
-{
-	u32 pid = 0;
-	bpf_probe_read_kernel(&pid, sizeof(pid), (char *)task + OFF_TASK_PID);
-	return pid;
-}
-
-int raw_sched_wakeup(struct bpf_raw_tracepoint_args *ctx)
-{
-	mark_runnable(task_pid((const void *)ctx->args[0]));
-	return 0;
-}
-
+/* raw tracepoints: sched_wakeup_new(struct task_struct *p); sched_switch(bool preempt, ...):
+ * the switched-out task is still `current` when sched_switch fires. */
 int raw_sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
 {
-	return handle_wakeup_new(task_pid((const void *)ctx->args[0]));
+	u32 pid = 0;
+	bpf_probe_read_kernel(&pid, sizeof(pid), (char *)ctx->args[0] + OFF_TASK_PID);
+	return handle_wakeup_new(pid);
 }
 
 int raw_sched_switch(struct bpf_raw_tracepoint_args *ctx)
 {
-	const char *next = (const char *)ctx->args[2];
-	/* preempted (even with a sleeping state set) or still TASK_RUNNING: on the run queue */
-	return handle_switch(ctx, (u32)bpf_get_current_pid_tgid(), task_pid(next),
-			     (u8)ctx->args[0] || ((u32)ctx->args[3] & 0xFF) == 0, next + OFF_TASK_COMM);
+	return handle_switch_out(ctx);
 }
 #endif

@@ -28,6 +28,7 @@
 #define CTR_CONN_SENT 1     /* ... of which sent to user space (slow or anomalous) */
 #define CTR_CONN_LOST 2     /* connection records that did not fit the output buffer */
 #define CTR_TIME_WAIT 3     /* entries into TIME_WAIT seen */
+#define CTR_CONN_UNTRACKED 4 /* connections not tracked: their two slots in `conns` were held */
 #define CTR_SENT_BASE 16    /* + kind: events submitted */
 #define CTR_LOST_BASE 32    /* + kind: events that did not fit the output buffer */
 #define CTR_MAX 48
@@ -36,7 +37,7 @@
 #define HIST_CONNECT 0      /* client SYN_SENT -> ESTABLISHED */
 #define HIST_LIFETIME 1     /* first seen state -> CLOSE */
 #define HIST_ACCEPT_WAIT 2  /* server-side ESTABLISHED -> accept() */
-#define HIST_RUNQ 3         /* wakeup/preemption -> running, traced threads */
+#define HIST_RUNQ 3         /* runnable -> running (sched_info), traced threads */
 #define HIST_N 4
 #define HIST_BUCKETS 64
 

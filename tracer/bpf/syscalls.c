@@ -160,10 +160,19 @@ static __always_inline void *fd_to_sk(long fd)
 
 	if (!fdt)
 		return NULL;
+#if OFF_FDT_FD == OFF_FDT_MAX_FDS + 8
+	{
+		u64 head[2] = {}; /* max_fds, then fd: one read */
+		bpf_probe_read_kernel(head, sizeof(head), (char *)fdt + OFF_FDT_MAX_FDS);
+		max_fds = (u32)head[0]; /* an unsigned int, then padding */
+		fds = (void **)head[1];
+	}
+#else
 	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (char *)fdt + OFF_FDT_MAX_FDS);
+	fds = read_ptr(fdt, OFF_FDT_FD);
+#endif
 	if (fd < 0 || fd >= max_fds)
 		return NULL;
-	fds = read_ptr(fdt, OFF_FDT_FD);
 	file = read_ptr(fds, fd * sizeof(void *));
 	sock = read_ptr(file, OFF_FILE_PRIVATE_DATA);
 	return read_ptr(sock, OFF_SOCKET_SK);

@@ -54,7 +54,7 @@ int tp_inet_sock_set_state(void *ctx)
 	TP_TUPLE(ctx, inet_sock_set_state, t);
 	return handle_state(ctx, TP_FIELD(ctx, void *, TPO_inet_sock_set_state_skaddr),
 			    TP_FIELD(ctx, int, TPO_inet_sock_set_state_oldstate),
-			    TP_FIELD(ctx, int, TPO_inet_sock_set_state_newstate), &t, 1);
+			    TP_FIELD(ctx, int, TPO_inet_sock_set_state_newstate), &t, 1, 1);
 }
 #endif
 
