@@ -282,6 +282,26 @@ class Tracer:
         except Exception as exc:
             raise SpikeTraceError(f"could not attach probe {fn} ({what}): {exc}")
 
+    def pause(self) -> None:
+        """Detach every probe, keeping the programs, maps and output: the workload runs as if
+        untraced (benchmarks/tracer_overhead.py alternates pause() and resume()). Detaching
+        takes a while (~25 ms per perf tracepoint here), so connection tracking goes last:
+        until then the other probes still find every connection they see."""
+        for _evidence, backend, target, _fn in reversed(self._plan.attachments()):
+            if backend == "tracepoint":
+                self._bpf.detach_tracepoint(tp=target.encode())
+            elif backend == "raw_tracepoint":
+                self._bpf.detach_raw_tracepoint(tp=target.encode())
+            elif backend == "kprobe":
+                self._bpf.detach_kprobe(event=target.encode())
+            else:
+                self._bpf.detach_kretprobe(event=target.encode())
+
+    def resume(self) -> None:
+        """Attach again what pause() detached."""
+        for evidence, backend, target, fn in self._plan.attachments():
+            self._attach(evidence, backend, target, fn)
+
     def _fill_config_maps(self) -> None:
         ports = self._bpf[b"ports"]
         for p in self.config.ports:
@@ -298,9 +318,12 @@ class Tracer:
         if self._bpf is None:
             self.config.pids = list(self.config.pids) + [p for p in pids if p not in self.config.pids]
             return
-        table = self._bpf[b"pids"]
+        table = self._bpf[b"pids"]  # bitmaps by tgid (common.h, struct pid_word)
         for pid in pids:
-            table[ct.c_uint32(int(pid))] = ct.c_uint8(1)  # PID_USER
+            key = ct.c_int(int(pid) >> 6)
+            word = table[key]
+            word.user |= 1 << (int(pid) & 63)
+            table[key] = word
 
     def _open_output(self) -> None:
         if self.output == "ringbuf":
