@@ -108,14 +108,11 @@ def _drop_reasons(ctx: Context, retrans: pd.DataFrame) -> dict:
 
 def detect_accept_queue_wait(ctx: Context) -> None:
     """The connection was ESTABLISHED (it sat complete in the accept queue) but the server had
-    not accept()ed it yet: from `accept_wait` events, else from the server's accept time minus
-    the handshake's completion (server ESTABLISHED event, else the client's connect time)."""
-    ev = ctx.spike_events(["accept_wait"])
-    ti_e = ev["ti"].to_numpy(dtype=np.int64)
-    b_e = ev["t_ns"].to_numpy()
-    a_e = b_e - np.maximum(ev["value"].to_numpy(), 0)
+    not accept()ed it yet: from the server's own accept time (a bench server records it) minus
+    the handshake's completion (server ESTABLISHED event, else the client's connect time), else
+    from `accept_wait` events (accept() returning it, or, with the `sock_recv_length` probe, the
+    server's first read: an upper bound)."""
     ti = ctx.spikes[ctx.txn_srv[ctx.spikes] >= 0]
-    ti = ti[~np.isin(ti, ti_e)]
     srv = ctx.frames.server
     t_accept = srv["t_accept"].to_numpy()[ctx.txn_srv[ti]]
     est = ctx.col("t_connected")[ti]
@@ -128,10 +125,17 @@ def detect_accept_queue_wait(ctx: Context) -> None:
         est[known] = first.reindex(ti[known]).to_numpy()
     ok = (t_accept > 0) & (est > 0) & (t_accept > est)
     ti_s, a_s, b_s = ti[ok], est[ok], t_accept[ok]
+    ev = ctx.spike_events(["accept_wait"])
+    ev = ev[~ev["ti"].isin(ti_s)]
+    ti_e = ev["ti"].to_numpy(dtype=np.int64)
+    b_e = ev["t_ns"].to_numpy()
+    a_e = b_e - np.maximum(ev["value"].to_numpy(), 0)
     ti_all = np.r_[ti_e, ti_s].astype(np.int64)
     a, b = np.r_[a_e, a_s].astype(np.int64), np.r_[b_e, b_s].astype(np.int64)
     if len(ti_all) == 0:
         return
+    first_read = (ctx.meta.probes or {}).get("accept_wait") == "raw_tracepoint"
+    from_event = np.r_[np.ones(len(ti_e), bool), np.zeros(len(ti_s), bool)]
     port = ctx.col("remote_port")[ti_all]
     backlog = ctx.backlog(port, a)
     queue = ctx.queue_max(port, a, b)
@@ -139,10 +143,11 @@ def detect_accept_queue_wait(ctx: Context) -> None:
     for k in range(len(ti_all)):
         bl = f" (backlog {backlog[k]})" if backlog[k] >= 0 else ""
         depth = f", up to {queue[k]} connection(s) queued" if queue[k] > 0 else ""
+        taken = ("accepted and first read it" if first_read and from_event[k] else "accepted it")
         sentences.append(f"The connection waited {fmt_ns(b[k] - a[k])} complete in the accept queue{bl} "
-                         f"before the server accepted it (the server was busy with earlier connections{depth}).")
+                         f"before the server {taken} (the server was busy with earlier connections{depth}).")
         shorts.append(f"it waited {fmt_ns(b[k] - a[k])} in the accept queue")
-    source = np.r_[np.full(len(ti_e), "event", dtype=object), np.full(len(ti_s), "server_record", dtype=object)]
+    source = np.where(from_event, "event", "server_record").astype(object)
     ctx.cands.add(ti_all, "accept_queue_wait", source, a, b, sentences, shorts)
     ctx.cands.cite(ti_e, "accept_queue_wait", ev["ev_row"].to_numpy())
 

@@ -32,7 +32,7 @@ CONN_ACCEPTED, CONN_PARTIAL, CONN_REFUSED = 0x20, 0x40, 0x80
 HISTOGRAMS = ("connect_ns", "lifetime_ns", "accept_wait_ns", "runq_delay_ns")
 HIST_TEXT = {"connect_ns": "connect (SYN sent -> ESTABLISHED, client side)",
              "lifetime_ns": "connection lifetime (open -> close, both sides)",
-             "accept_wait_ns": "accept-queue wait (ESTABLISHED -> accept())",
+             "accept_wait_ns": "accept-queue wait (ESTABLISHED -> accept() or first read)",
              "runq_delay_ns": "run-queue delay of traced threads"}
 HIST_PERCENTILES = (50, 90, 99, 99.9)
 

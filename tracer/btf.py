@@ -64,6 +64,7 @@ TRACER_OFFSETS: Dict[str, str] = {
     "OFF_SKB_NETWORK_HEADER": "sk_buff.network_header",
     "OFF_SKB_PROTOCOL": "sk_buff.protocol",
     "OFF_SK_PROTOCOL": "sock.sk_protocol",
+    "OFF_SK_ERR": "sock.sk_err",
     "OFF_DEV_ND_NET": "net_device.nd_net",
 }
 

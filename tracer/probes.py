@@ -85,6 +85,9 @@ EVIDENCE: Tuple[Evidence, ...] = (
     Evidence("accept_wait", (
         Candidate("kretprobe", (("inet_csk_accept", "kretp_inet_csk_accept", ()),),
                   "USE_KP_ACCEPT_WAIT", needs="state_change"),
+        # the server's first read (6.3+): no syscall tracepoint (rawtp.c)
+        Candidate("raw_tracepoint", (("sock_recv_length", "raw_sock_recv_length", ()),),
+                  "USE_RAW_ACCEPT_WAIT", needs="state_change", min_args=1),
         Candidate("tracepoint", (_tp("syscalls:sys_exit_accept4", "tp_sys_exit_accept", ("ret",)),
                                  _tp("syscalls:sys_exit_accept", "tp_sys_exit_accept", ("ret",))),
                   "USE_TP_ACCEPT_WAIT", needs="state_change"),
@@ -106,11 +109,9 @@ EVIDENCE: Tuple[Evidence, ...] = (
                                      ("skbaddr", "location", "protocol")),),
                   "USE_TP_DROP", offsets=("OFF_SKB_PROTOCOL",)),
     )),
+    # a client socket's SYN_SENT -> CLOSE and its sk_err (handlers.h)
     Evidence("connect_error", (
-        Candidate("tracepoint", (_tp("syscalls:sys_enter_connect", "tp_sys_enter_connect",
-                                     ("uservaddr",)),
-                                 _tp("syscalls:sys_exit_connect", "tp_sys_exit_connect", ("ret",))),
-                  "USE_TP_CONNECT_ERROR"),
+        Candidate("inferred", (), "", needs="state_change", offsets=("OFF_SK_ERR",)),
     )),
     # the kernel's per-task accounting (sched_info), sampled at each switch-out (sched.c)
     Evidence("runq_delay", (

@@ -452,6 +452,8 @@ class Tracer:
         running, and folded repeats of resets and drops not yet carried by an event."""
         streaks = []
         for key, s in self._bpf[b"streaks"].items():
+            if not s.count:
+                continue  # a free slot (an array: every slot is listed)
             ev = events.Event()
             ev.t_ns, ev.kind, ev.netns, ev.pid = s.last_ns, 7, s.netns, s.tgid
             ev.reason, ev.value, ev.value2 = s.err, s.count, s.start_ns

@@ -27,11 +27,11 @@ _FALLBACK_PROBES: List[Tuple[str, Tuple[str, ...], str, str, bool]] = [
     ("state_change", ("sock/inet_sock_set_state",), "tcp_set_state", "", True),
     ("time_wait", (), "tcp_time_wait", "state_change + sockstat census", False),
     ("accept_wait", (), "inet_csk_accept",
-     "state_change + syscalls/sys_exit_accept4", False),
+     "state_change + sock/sock_recv_length (first read), else syscalls/sys_exit_accept4", False),
     ("drop", ("skb/kfree_skb",), "kfree_skb_reason", "", False),
     ("reset_sent", ("tcp/tcp_send_reset",), "tcp_v4_send_reset", "", False),
     ("reset_received", ("tcp/tcp_receive_reset",), "tcp_reset", "", False),
-    ("connect_error", ("syscalls/sys_exit_connect",), "", "", False),
+    ("connect_error", (), "", "state_change (SYN_SENT -> CLOSE, sk_err)", False),
     ("runq_delay", ("sched/sched_wakeup_new", "sched/sched_switch"),
      "", "", False),
 ]

@@ -1,5 +1,7 @@
 """port-exhaustion: with the scenario's sysctls, connect() fails with EADDRNOTAVAIL once the
-100 local ports sit in TIME_WAIT -- and only if the server does not use SO_LINGER {1,0}."""
+100 local ports sit in TIME_WAIT -- and only if the server does not use SO_LINGER {1,0}. The
+tracer, which infers connect() errors from the client socket's SYN_SENT -> CLOSE (no syscall
+tracepoint), must report each stall as one EADDRNOTAVAIL streak of the client's exact count."""
 from __future__ import annotations
 
 import errno
@@ -13,6 +15,8 @@ import pytest
 from netfault_helpers import PORT, Server, private_ns
 from spiketrace.rundir import TableWriter
 from spiketrace.scenarios import SCENARIOS
+from tests.bpf.tracer_helpers import read_table, start_tracer
+from tracer.session import TracerConfig
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("private_state_dir")]
 
@@ -51,13 +55,18 @@ def test_exhaustion_with_scenario_settings(tmp_path):
     assert sc.server_overrides == {"linger": False}
     with private_ns("ports", sc.sysctls) as ns, Server(ns, echo=100, linger=False):
         inj = sc.setup(ns, tmp_path)
+        tracer = None
         try:
+            (tmp_path / "trace").mkdir()
+            tracer = start_tracer(TracerConfig(ports=[PORT], netns_inum=ns.inum),
+                                  tmp_path / "trace")
             rows = serial_transactions(ns, 110)
             tw = int(ns.read_proc_net("sockstat").split("tw ")[1].split()[0])
             with TableWriter(tmp_path, "transactions") as w:
                 for r in rows:
                     w.append(r)
         finally:
+            stats = tracer.stop() if tracer else None
             inj.teardown()
     stalled = [r for r in rows if r["connect_attempts"] > 1]
     # ports 40000-40099: the 101st connection finds them all in TIME_WAIT
@@ -70,6 +79,15 @@ def test_exhaustion_with_scenario_settings(tmp_path):
     assert sorted(gt["t_ns"]) == sorted(r["t_start"] for r in stalled)
     assert set(gt["sport"]) == {r["local_port"] for r in stalled}
     assert inj.params["transactions_exhausted"] == len(stalled)
+    # the tracer: one streak per stalled transaction, ended by its successful connect()
+    assert stats.lost_events == 0
+    streaks = read_table(tmp_path / "trace", "events").query("kind == 'connect_error'")
+    streaks = streaks.sort_values("t_ns")
+    assert list(streaks.reason) == [errno.EADDRNOTAVAIL] * len(stalled)
+    assert list(streaks.value) == [r["connect_attempts"] - 1 for r in stalled]
+    assert (streaks.pid == os.getpid()).all() and (streaks.dport == PORT).all()
+    for (_, e), r in zip(streaks.iterrows(), stalled):
+        assert r["t_start"] <= e.value2 <= e.t_ns <= r["t_connected"]
 
 
 def test_linger_prevents_time_wait_so_no_exhaustion(tmp_path):

@@ -2,8 +2,9 @@
 
 Ground truth: the namespace's TcpExt.TCPSynRetrans counter, bcc's own tcpretrans tool run
 alongside, and the clients' own connect() timings (the n-th SYN retransmit leaves n initial RTOs
-after connect() began). The same run checks the accept-queue wait against the server's accept
-times and the connection rows of the slow connections.
+after connect() began). The same run checks the accept-queue wait (ESTABLISHED -> the server's
+first read, which follows its accept() at once here) against the server's accept times, and the
+connection rows of the slow connections.
 """
 from __future__ import annotations
 

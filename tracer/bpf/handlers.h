@@ -131,6 +131,100 @@ static __always_inline int new_sock_in_scope(const void *sk, int newstate, struc
 #endif
 }
 
+/* ---- connect() errors, from the client socket's SYN_SENT -> CLOSE ----
+ * Every connect() that fails after picking a route leaves SYN_SENT for CLOSE, and the socket
+ * says why: no local port was found (tcp_v4_connect()'s inet_hash_connect() failed: the socket
+ * never got one; the error, EADDRNOTAVAIL, is only returned), or sk_err as set by a reset
+ * (ECONNREFUSED), an ICMP error (EHOSTUNREACH, ...) or the SYN retries running out (ETIMEDOUT).
+ * No syscall tracepoint: enabling one sends every syscall of every task through the slow
+ * tracing path. A client that busy-retries a failing connect() can fail millions of times: each
+ * process's run of identical failures (errno, port) is one streak, sent as ONE connect_error
+ * event (value = failures, value2 = first one, t_ns = last one) when it ends: a different
+ * failure, a successful connect of that process, or the tracer's stop (user space reads what is
+ * left). */
+#define ST_EADDRNOTAVAIL 99
+#define STREAK_SLOTS 4096
+struct streak {
+	u64 start_ns;
+	u64 last_ns;
+	u32 count; /* 0: slot free */
+	s32 err;
+	u32 netns;
+	u32 tgid;
+	u16 family;
+	u16 dport;
+	u8 daddr[16];
+	char comm[16];
+};
+BPF_ARRAY(streaks, struct streak, STREAK_SLOTS); /* by tgid & (STREAK_SLOTS - 1) */
+
+static __always_inline void send_streak(void *ctx, struct streak *s)
+{
+	struct st_event ev;
+	struct st_tuple t = {};
+	t.dport = s->dport;
+	t.family = s->family;
+	__builtin_memcpy(t.daddr, s->daddr, 16);
+	fill_event(&ev, KIND_CONNECT_ERROR, s->netns, &t);
+	ev.t_ns = s->last_ns;
+	ev.pid = s->tgid;
+	__builtin_memcpy(ev.comm, s->comm, 16);
+	ev.reason = s->err;
+	ev.value = s->count;
+	ev.value2 = s->start_ns;
+	submit_event(ctx, &ev);
+	s->count = 0;
+}
+
+static __always_inline struct streak *streak_of(u32 tgid)
+{
+	u32 idx = tgid & (STREAK_SLOTS - 1);
+	return streaks.lookup(&idx);
+}
+
+/* A client connection made it to ESTABLISHED: its process's failures, if any, end here. */
+static __always_inline void streak_end(void *ctx, u32 tgid)
+{
+	struct streak *s = streak_of(tgid);
+	if (s && s->count && s->tgid == tgid)
+		send_streak(ctx, s);
+}
+
+/* The connect() of client connection `c` failed with `err`. */
+static __always_inline void streak_add(void *ctx, struct st_conn *c, s32 err, u64 now)
+{
+	struct streak *s = streak_of(c->pid);
+	if (!s)
+		return;
+	if (s->count && s->tgid == c->pid && s->err == err && s->dport == c->dport) {
+		s->count++;
+		s->last_ns = now;
+		return;
+	}
+	if (s->count)
+		send_streak(ctx, s); /* a different failure, or another process in this slot */
+	s->start_ns = now;
+	s->last_ns = now;
+	s->count = 1;
+	s->err = err;
+	s->netns = c->netns;
+	s->tgid = c->pid;
+	s->family = c->family;
+	s->dport = c->dport;
+	__builtin_memcpy(s->daddr, c->daddr, 16);
+	__builtin_memcpy(s->comm, c->comm, 16);
+}
+
+/* Why a client socket went from SYN_SENT to CLOSE: an errno, 0 if it was simply closed. */
+static __always_inline s32 connect_errno(const void *sk, const struct st_conn *c)
+{
+	s32 err = 0;
+	if (!c->sport)
+		return ST_EADDRNOTAVAIL;
+	bpf_probe_read_kernel(&err, sizeof(err), (const char *)sk + OFF_SK_ERR);
+	return err;
+}
+
 /* `tcp`: 1 if the caller knows sk is a TCP socket, 0 if it is to be read (only for sockets not
  * tracked yet: a tracked one is TCP). */
 static __always_inline int handle_state(void *ctx, const void *sk, int oldstate, int newstate,
@@ -184,10 +278,16 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 			hist_add(HIST_CONNECT, d);
 			if (d > SLOW_CONN_NS)
 				c->flags |= CONN_SLOW_CONNECT;
+			streak_end(ctx, c->pid);
 		}
 	} else if (newstate == ST_TCP_CLOSE) {
 		if (oldstate == ST_TCP_SYN_SENT && (c->flags & CONN_RESET))
 			c->flags |= CONN_REFUSED;
+		if (oldstate == ST_TCP_SYN_SENT && c->role == ROLE_CLIENT) {
+			s32 err = connect_errno(sk, c);
+			if (err > 0)
+				streak_add(ctx, c, err, now);
+		}
 #ifndef USE_KP_TIME_WAIT
 		/* tcp_time_wait() hands the connection to a timewait socket and closes the full
 		 * socket: FIN_WAIT2 -> CLOSE (FIN received, or orphan FIN_WAIT2 timeout) or
@@ -384,15 +484,14 @@ static __always_inline int handle_drop(void *ctx, const void *skb, const void *r
 	return 0;
 }
 
-/* accept() returned socket `sk` to the current task: the wait since its ESTABLISHED. */
-static __always_inline int handle_accepted(void *ctx, const void *sk)
+/* The server process (current) took up server connection `c`: its accept() returned it, or
+ * (sock_recv_length) it first read from it. The wait since its ESTABLISHED. */
+static __always_inline int handle_accepted(void *ctx, struct st_conn *c)
 {
-	u64 now, id;
-	struct st_conn *c = conn_find(sk);
-	if (!c || c->role != ROLE_SERVER)
+	u64 now;
+	if (!c || c->role != ROLE_SERVER || (c->flags & CONN_ACCEPTED))
 		return 0;
-	id = bpf_get_current_pid_tgid();
-	c->pid = id >> 32;
+	c->pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(c->comm, sizeof(c->comm));
 	c->flags |= CONN_ACCEPTED;
 	learn_pid(c->pid);

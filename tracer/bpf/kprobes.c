@@ -66,6 +66,6 @@ int kretp_inet_csk_accept(struct pt_regs *ctx)
 	const void *newsk = (const void *)PT_REGS_RC(ctx);
 	if (!newsk || !task_in_scope(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	return handle_accepted(ctx, newsk);
+	return handle_accepted(ctx, conn_find(newsk));
 }
 #endif
