@@ -14,7 +14,11 @@ is steady to about a percent. CPU time per transaction (clients + server, from
 /proc/<pid>/schedstat; BPF programs are charged to the task they interrupt) is printed too.
 
     sudo .venv/bin/python benchmarks/tracer_overhead.py                 # 1 and 4 clients
-    sudo .venv/bin/python benchmarks/tracer_overhead.py --pairs 300 --clients 1
+    sudo .venv/bin/python benchmarks/tracer_overhead.py --pairs 300 --clients 1 --config run
+
+Two tracer configurations are measured against the same untraced windows: as `spiketrace run`
+sets it (the bench server logs its own accept times, so the accept-wait probe is left out) and
+as `spiketrace trace` sets it (every probe).
 
 Targets: traced/untraced >= 0.97 with 1 client, >= 0.95 with 4 clients.
 """
@@ -128,70 +132,97 @@ def window(load: Load, seconds: float, cpu_pids) -> tuple:
     return n / (t1 - t0), (c1 - c0) / 1e3 / n
 
 
-def measure(clients: int, pairs: int, seconds: float) -> dict:
+# the tracer as each command configures it
+CONFIGS = {"run": {"skip": ["accept_wait"]},  # spiketrace run: the bench logs its accept times
+           "trace": {}}                        # spiketrace trace: every probe
+
+
+def measure(clients: int, pairs: int, seconds: float, configs) -> dict:
+    """Per configuration: median ratio of traced to untraced windows over `pairs` rounds; each
+    round has one untraced window and one per configuration, in an order that rotates."""
     from tracer.btf import netns_inum_of
     from tracer.session import Tracer, TracerConfig
 
     port, servers, lsock = start_server(clients)
-    runs = {False: [], True: []}  # traced? -> [(transactions/s, CPU µs per transaction)]
-    # bounded: every window, its settling time and a detach (~0.3 s here), plus slack
-    load = Load(port, clients, max_seconds=60 + pairs * 2 * (seconds + SETTLE_S + 0.5))
+    names = [None] + list(configs)
+    runs = {name: [] for name in names}  # -> [(transactions/s, CPU µs per transaction)]
+    tracers = {}
+    load = Load(port, clients,
+                max_seconds=60 + pairs * len(names) * (seconds + SETTLE_S + 0.5))
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            tracer = Tracer(TracerConfig(ports=[port], netns_inum=netns_inum_of(os.getpid())),
-                            Path(tmp))
-            tracer.start()
             try:
                 cpu_pids = [p.pid for p in servers] + load.pids()
-                tracer.add_pids(cpu_pids)
-                tracer.start_thread()
-                tracer.pause()
-                attached = False
+                for name in configs:
+                    tracer = Tracer(TracerConfig(ports=[port], netns_inum=netns_inum_of(os.getpid()),
+                                                 **CONFIGS[name]), Path(tmp) / name)
+                    (Path(tmp) / name).mkdir()
+                    tracers[name] = tracer
+                    tracer.start()
+                    tracer.add_pids(cpu_pids)
+                    tracer.start_thread()
+                    tracer.pause()
+                attached = None
                 time.sleep(0.5)  # warm-up
                 for i in range(pairs):
-                    for traced in ((False, True) if i % 2 == 0 else (True, False)):
-                        if traced != attached:
-                            (tracer.resume if traced else tracer.pause)()
-                            attached = traced
+                    k = i % len(names)
+                    for name in names[k:] + names[:k]:
+                        if name != attached:
+                            if attached is not None:
+                                tracers[attached].pause()
+                            if name is not None:
+                                tracers[name].resume()
+                            attached = name
                         time.sleep(SETTLE_S)
-                        runs[traced].append(window(load, seconds, cpu_pids))
+                        runs[name].append(window(load, seconds, cpu_pids))
             finally:
-                stats = tracer.stop()
+                stats = {name: t.stop() for name, t in tracers.items()}
     finally:
         load.close()
         for p in servers:
             p.kill()
         lsock.close()
-    untraced, traced = runs[False], runs[True]
-    ratios = [t[0] / u[0] for t, u in zip(traced, untraced)]
-    return {"clients": clients, "pairs": len(ratios),
-            "untraced": statistics.median(u[0] for u in untraced),
-            "traced": statistics.median(t[0] for t in traced),
-            "median_ratio": statistics.median(ratios),
-            "quartiles": statistics.quantiles(ratios, n=4),
-            "cpu_us_untraced": statistics.median(u[1] for u in untraced),
-            "cpu_us_traced": statistics.median(t[1] for t in traced),
-            "cpu_ratio": statistics.median(t[1] / u[1] for t, u in zip(traced, untraced)),
-            "lost_events": stats.lost_events, "stats": stats}
+    untraced = runs[None]
+    out = {}
+    for name in configs:
+        traced = runs[name]
+        ratios = [t[0] / u[0] for t, u in zip(traced, untraced)]
+        out[name] = {"pairs": len(ratios),
+                     "untraced": statistics.median(u[0] for u in untraced),
+                     "traced": statistics.median(t[0] for t in traced),
+                     "median_ratio": statistics.median(ratios),
+                     "quartiles": statistics.quantiles(ratios, n=4),
+                     "cpu_us_untraced": statistics.median(u[1] for u in untraced),
+                     "cpu_us_traced": statistics.median(t[1] for t in traced),
+                     "cpu_ratio": statistics.median(t[1] / u[1] for t, u in zip(traced, untraced)),
+                     "lost_events": stats[name].lost_events, "stats": stats[name]}
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pairs", type=int, default=120, help="pairs of windows (>= 5)")
+    ap.add_argument("--pairs", type=int, default=120, help="rounds of windows (>= 5)")
     ap.add_argument("--seconds", type=float, default=0.25, help="length of each window")
     ap.add_argument("--clients", default="1,4", help="comma-separated client counts")
+    ap.add_argument("--config", default="run,trace",
+                    help="tracer configurations, comma-separated: run (as `spiketrace run` sets "
+                         "it: no accept-wait probe), trace (every probe)")
     args = ap.parse_args(argv)
     if args.pairs < 5 or args.seconds <= 0:
         ap.error("--pairs must be >= 5 and --seconds > 0")
+    configs = [c for c in args.config.split(",") if c]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown or not configs:
+        ap.error(f"--config: choose from {', '.join(CONFIGS)}")
     for clients in (int(c) for c in args.clients.split(",")):
-        r = measure(clients, args.pairs, args.seconds)
-        q1, _, q3 = r["quartiles"]
-        print(f"{clients} client(s): untraced {r['untraced']:,.0f}/s, traced {r['traced']:,.0f}/s, "
-              f"median ratio {r['median_ratio']:.3f} (target >= {TARGETS.get(clients, 0.95)}) "
-              f"over {r['pairs']} pairs of {args.seconds:g} s (quartiles {q1:.3f}-{q3:.3f}); "
-              f"CPU per transaction {r['cpu_us_untraced']:.0f} -> {r['cpu_us_traced']:.0f} µs "
-              f"(median pair ratio {r['cpu_ratio']:.3f}); lost events {r['lost_events']}; "
-              f"{r['stats']}", flush=True)
+        for name, r in measure(clients, args.pairs, args.seconds, configs).items():
+            q1, _, q3 = r["quartiles"]
+            print(f"{clients} client(s), tracer as `spiketrace {name}`: untraced {r['untraced']:,.0f}/s, "
+                  f"traced {r['traced']:,.0f}/s, median ratio {r['median_ratio']:.3f} "
+                  f"(target >= {TARGETS.get(clients, 0.95)}) over {r['pairs']} pairs of "
+                  f"{args.seconds:g} s (quartiles {q1:.3f}-{q3:.3f}); CPU per transaction "
+                  f"{r['cpu_us_untraced']:.0f} -> {r['cpu_us_traced']:.0f} µs (median pair ratio "
+                  f"{r['cpu_ratio']:.3f}); lost events {r['lost_events']}; {r['stats']}", flush=True)
     return 0
 
 

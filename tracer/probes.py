@@ -133,7 +133,8 @@ EVIDENCE_NAMES = tuple(e.name for e in EVIDENCE)
 class Plan:
     """The probes chosen for this kernel."""
 
-    backends: Dict[str, str]  # evidence -> tracepoint | kprobe | kretprobe | inferred | unavailable
+    backends: Dict[str, str]  # evidence -> raw_tracepoint | tracepoint | kprobe | kretprobe |
+    #                             inferred | unavailable | skipped (TracerConfig.skip)
     chosen: Dict[str, Candidate]
     defines: Dict[str, int]  # -D flags: USE_* = 1 and TPO_<event>_<field> = offset
     notes: List[str]
@@ -265,13 +266,14 @@ def plan(disabled: Sequence[str] = (), root: Optional[str] = None,
     notes: List[str] = []
     for ev in EVIDENCE:
         if ev.name in disabled:
-            backends[ev.name] = "unavailable"
+            backends[ev.name] = "skipped"  # not probed by choice (TracerConfig.skip)
+            notes.append(f"{ev.name}: skipped (not probed)")
             continue
         why = []
         for cand in ev.candidates:
             if force and ev.name in force and force[ev.name] != cand.backend:
                 continue
-            if cand.needs and backends.get(cand.needs, "unavailable") == "unavailable":
+            if cand.needs and backends.get(cand.needs, "unavailable") in ("unavailable", "skipped"):
                 why.append(f"{cand.backend}: needs {cand.needs}")
                 continue
             got, reason = _try(cand, root, have_kprobes)

@@ -47,6 +47,9 @@ class TracerConfig:
     accept_wait_threshold_ms: float = 5.0
     all_events: bool = False
     ringbuf_pages: int = 1024
+    # evidence not to probe (tracer.probes.EVIDENCE_NAMES), e.g. what the workload records
+    # itself: `spiketrace run` skips accept_wait, the bench server logs its accept times
+    skip: List[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -112,7 +115,7 @@ def render_source(config: TracerConfig, *, force: Optional[Dict[str, str]] = Non
     `force` picks a backend per evidence (e.g. {"state_change": "kprobe"}); kprobe variants are
     compiled in even where they cannot attach, so the verifier can check them.
     """
-    plan = plan or probes.plan(force=force)
+    plan = plan or probes.plan(disabled=config.skip, force=force)
     kernel = btf.vmlinux()
     defines: Dict[str, int] = dict(btf.tracer_offsets(kernel))
     skc = [v for k, v in defines.items() if k.startswith("OFF_SKC_")]
@@ -239,7 +242,7 @@ class Tracer:
         preflight()
         from bcc import BPF
 
-        self._plan = probes.plan(force=self.force)
+        self._plan = probes.plan(disabled=self.config.skip, force=self.force)
         self.probes = dict(self._plan.backends)
         self.notes = list(self._plan.notes)
         kernel = btf.vmlinux()

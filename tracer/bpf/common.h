@@ -108,6 +108,9 @@ struct conn_slot {
 	u64 sk;           /* the socket holding the slot, 0 if free */
 };
 BPF_ARRAY(conns, struct conn_slot, CONN_SLOTS);
+/* Server connections ESTABLISHED and not yet taken up by the server (accept() or first read):
+ * while there are none, the per-recvmsg probe (rawtp.c) returns without a lookup. */
+BPF_ARRAY(pending_accepts, s64, 1);
 BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 BPF_PERCPU_ARRAY(hists, u64, HIST_N * HIST_BUCKETS);
 #ifdef FILTER_CGROUP
@@ -161,6 +164,21 @@ static __always_inline struct st_conn *conn_claim(const void *sk)
 static __always_inline void conn_release(struct st_conn *c)
 {
 	((struct conn_slot *)c)->sk = 0;
+}
+
+static __always_inline void pending_add(s64 d)
+{
+	u32 zero = 0;
+	s64 *n = pending_accepts.lookup(&zero);
+	if (n)
+		__sync_fetch_and_add(n, d);
+}
+
+static __always_inline s64 pending_count(void)
+{
+	u32 zero = 0;
+	s64 *n = pending_accepts.lookup(&zero);
+	return n ? *n : 0;
 }
 
 static __always_inline void hist_add(u32 hist, u64 value)

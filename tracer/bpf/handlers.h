@@ -49,6 +49,8 @@ static __always_inline void conn_fix_port(struct st_conn *c, const void *sk, str
 static __always_inline void conn_close(void *ctx, struct st_conn *c, u64 now)
 {
 	c->t_close = now;
+	if (c->role == ROLE_SERVER && c->t_established && !(c->flags & CONN_ACCEPTED))
+		pending_add(-1); /* closed in the accept queue */
 	if (c->t_open) {
 		u64 life = now - c->t_open;
 		hist_add(HIST_LIFETIME, life);
@@ -279,6 +281,8 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 			if (d > SLOW_CONN_NS)
 				c->flags |= CONN_SLOW_CONNECT;
 			streak_end(ctx, c->pid);
+		} else if (c->role == ROLE_SERVER) {
+			pending_add(1);
 		}
 	} else if (newstate == ST_TCP_CLOSE) {
 		if (oldstate == ST_TCP_SYN_SENT && (c->flags & CONN_RESET))
@@ -497,6 +501,7 @@ static __always_inline int handle_accepted(void *ctx, struct st_conn *c)
 	learn_pid(c->pid);
 	if (!c->t_established)
 		return 0;
+	pending_add(-1);
 	now = bpf_ktime_get_ns();
 	hist_add(HIST_ACCEPT_WAIT, now - c->t_established);
 	if (now - c->t_established > ACCEPT_THRESHOLD_NS) {

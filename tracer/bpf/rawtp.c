@@ -95,11 +95,13 @@ int raw_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
 /* sock_recv_length(struct sock *sk, int ret, int flags), 6.3+: every recvmsg on a socket. The
  * server's first one on a server connection ends its wait: ESTABLISHED -> accept() and first
  * read, an upper bound of the accept-queue wait (equal to it for a server that reads right
- * after accept(), as request-response servers do). One conn_find() per call; connections
- * already taken up return at once. Not sock_send_length too: each probe run costs ~0.1 us
+ * after accept(), as request-response servers do). Only while some server connection waits
+ * (pending_accepts > 0) does a call look its socket up. Not sock_send_length too: each probe run costs ~0.1 us
  * here whatever it does, and a recv per request is enough. */
 int raw_sock_recv_length(struct bpf_raw_tracepoint_args *ctx)
 {
+	if (pending_count() <= 0)
+		return 0; /* no server connection waits to be taken up: the common case */
 	return handle_accepted(ctx, conn_find((const void *)RAW_ARG(ctx, 0)));
 }
 #endif
