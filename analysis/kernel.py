@@ -33,7 +33,8 @@ HISTOGRAMS = ("connect_ns", "lifetime_ns", "accept_wait_ns", "runq_delay_ns")
 HIST_TEXT = {"connect_ns": "connect (SYN sent -> ESTABLISHED, client side)",
              "lifetime_ns": "connection lifetime (open -> close, both sides)",
              "accept_wait_ns": "accept-queue wait (ESTABLISHED -> accept() or first read)",
-             "runq_delay_ns": "run-queue delay of traced threads"}
+             # the scheduler's own account (sched_info): a wakeup that preempts at once counts 0 ns
+             "runq_delay_ns": "run-queue delay of traced threads (0 = too short for the scheduler's clock)"}
 HIST_PERCENTILES = (50, 90, 99, 99.9)
 
 
