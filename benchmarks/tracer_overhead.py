@@ -37,6 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from spiketrace.orchestrate import TRACER_SKIP  # noqa: E402
+
 PAYLOAD = b"asd" * 1000
 TARGETS = {1: 0.97}  # else 0.95
 SETTLE_S = 0.05      # after attaching or detaching, before a window starts
@@ -132,9 +134,8 @@ def window(load: Load, seconds: float, cpu_pids) -> tuple:
     return n / (t1 - t0), (c1 - c0) / 1e3 / n
 
 
-# the tracer as each command configures it
-CONFIGS = {"run": {"skip": ["accept_wait"]},  # spiketrace run: the bench logs its accept times
-           "trace": {}}                        # spiketrace trace: every probe
+# the tracer as each command configures it (spiketrace trace: every probe)
+CONFIGS = {"run": {"skip": list(TRACER_SKIP)}, "trace": {}}
 
 
 def measure(clients: int, pairs: int, seconds: float, configs) -> dict:

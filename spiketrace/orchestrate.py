@@ -19,6 +19,12 @@ from spiketrace import rundir
 from spiketrace.errors import require_root
 
 
+# Evidence `run` does not probe: the bench server records its own accept times
+# (server.parquet t_accept), exact; probing the accept wait too would cost ~1.5% of the seed's
+# throughput for nothing (benchmarks/tracer_overhead.py).
+TRACER_SKIP = ("accept_wait",)
+
+
 class Terminated(Exception):
     """A stop was requested (Ctrl-C or SIGTERM) before the load started."""
 
@@ -142,10 +148,8 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
 
             stop.checkpoint()
             stage("compiling and attaching BPF probes")
-            # the bench server records its own accept times (server.parquet t_accept), exact:
-            # probing the accept wait too would cost ~1.5% of the seed's throughput for nothing
             tracer = Tracer(TracerConfig(ports=[server_opts.port], netns_inum=ns.inum,
-                                         slow_conn_ms=opts.slow_conn_ms, skip=["accept_wait"]),
+                                         slow_conn_ms=opts.slow_conn_ms, skip=list(TRACER_SKIP)),
                             run_path)
             tracer.start()
 

@@ -266,6 +266,12 @@ class Tracer:
                 self._writers[table] = TableWriter(self.run_dir, table, prefix="tracer")
         self._last_flush = self._last_hist = time.monotonic()
 
+    # backend -> BCC's attach and detach methods and their target keyword
+    _BCC_CALLS = {"tracepoint": ("attach_tracepoint", "detach_tracepoint", "tp"),
+                  "raw_tracepoint": ("attach_raw_tracepoint", "detach_raw_tracepoint", "tp"),
+                  "kprobe": ("attach_kprobe", "detach_kprobe", "event"),
+                  "kretprobe": ("attach_kretprobe", "detach_kretprobe", "event")}
+
     def _attach(self, evidence: str, backend: str, target: str, fn: str) -> None:
         from bcc import BPF
 
@@ -273,15 +279,9 @@ class Tracer:
         prog_type = {"tracepoint": BPF.TRACEPOINT,
                      "raw_tracepoint": BPF.RAW_TRACEPOINT}.get(backend, BPF.KPROBE)
         self._progs[fn] = load_probe(self._bpf, fn, prog_type, what)
+        attach, _detach, key = self._BCC_CALLS[backend]
         try:
-            if backend == "tracepoint":
-                self._bpf.attach_tracepoint(tp=target.encode(), fn_name=fn.encode())
-            elif backend == "raw_tracepoint":
-                self._bpf.attach_raw_tracepoint(tp=target.encode(), fn_name=fn.encode())
-            elif backend == "kprobe":
-                self._bpf.attach_kprobe(event=target.encode(), fn_name=fn.encode())
-            else:
-                self._bpf.attach_kretprobe(event=target.encode(), fn_name=fn.encode())
+            getattr(self._bpf, attach)(**{key: target.encode()}, fn_name=fn.encode())
         except Exception as exc:
             raise SpikeTraceError(f"could not attach probe {fn} ({what}): {exc}")
 
@@ -291,14 +291,8 @@ class Tracer:
         takes a while (~25 ms per perf tracepoint here), so connection tracking goes last:
         until then the other probes still find every connection they see."""
         for _evidence, backend, target, _fn in reversed(self._plan.attachments()):
-            if backend == "tracepoint":
-                self._bpf.detach_tracepoint(tp=target.encode())
-            elif backend == "raw_tracepoint":
-                self._bpf.detach_raw_tracepoint(tp=target.encode())
-            elif backend == "kprobe":
-                self._bpf.detach_kprobe(event=target.encode())
-            else:
-                self._bpf.detach_kretprobe(event=target.encode())
+            _attach, detach, key = self._BCC_CALLS[backend]
+            getattr(self._bpf, detach)(**{key: target.encode()})
 
     def resume(self) -> None:
         """Attach again what pause() detached."""
@@ -492,6 +486,8 @@ class Tracer:
                                  if ctr[events.CTR_LOST_BASE + k]}
             if ctr[events.CTR_CONN_LOST]:
                 self.lost_by_kind["connection"] = ctr[events.CTR_CONN_LOST]
+            if ctr[events.CTR_CONN_UNTRACKED]:  # both of its slots in `conns` were held
+                self.lost_by_kind["untracked_connection"] = ctr[events.CTR_CONN_UNTRACKED]
             self.missed_by_probe = self.recursion_misses()
             for fn, n in self.missed_by_probe.items():
                 self.lost_by_kind[f"missed:{fn}"] = n

@@ -37,10 +37,8 @@
 #define ST_TCP_LISTEN 10
 #define ST_TCP_CLOSING 11
 
-/* errno values that are not failures of a connect() */
-#define ST_EISCONN 106
-#define ST_EALREADY 114
-#define ST_EINPROGRESS 115
+/* connect()'s error when no local port is free (returned, never stored in sk_err) */
+#define ST_EADDRNOTAVAIL 99
 
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define st_ntohs(x) __builtin_bswap16(x)
@@ -131,31 +129,39 @@ static __always_inline u32 conn_index(u64 sk, u64 mult)
 	return (u32)(((sk >> 6) * mult) >> (64 - CONN_SLOTS_BITS));
 }
 
+/* The first (second = 0) or second candidate slot of socket address `key`. */
+static __always_inline struct conn_slot *conn_slot_of(u64 key, int second)
+{
+	u32 i = conn_index(key, second ? 0xC2B2AE3D27D4EB4FULL : 0x9E3779B97F4A7C15ULL);
+	return conns.lookup(&i);
+}
+
 static __always_inline struct st_conn *conn_find(const void *sk)
 {
 	u64 key = (u64)sk;
-	u32 i = conn_index(key, 0x9E3779B97F4A7C15ULL);
-	struct conn_slot *s = conns.lookup(&i);
+	struct conn_slot *s = conn_slot_of(key, 0);
 	if (s && s->sk == key)
 		return &s->c;
-	i = conn_index(key, 0xC2B2AE3D27D4EB4FULL);
-	s = conns.lookup(&i);
+	s = conn_slot_of(key, 1);
 	if (s && s->sk == key)
 		return &s->c;
 	return NULL;
+}
+
+static __always_inline int conn_try_claim(struct conn_slot *s, u64 key)
+{
+	return s && s->sk == 0 && __sync_val_compare_and_swap(&s->sk, 0, key) == 0;
 }
 
 /* A free slot for `sk` (the caller overwrites it whole); NULL, counted, if both are held. */
 static __always_inline struct st_conn *conn_claim(const void *sk)
 {
 	u64 key = (u64)sk;
-	u32 i = conn_index(key, 0x9E3779B97F4A7C15ULL);
-	struct conn_slot *s = conns.lookup(&i);
-	if (s && s->sk == 0 && __sync_val_compare_and_swap(&s->sk, 0, key) == 0)
+	struct conn_slot *s = conn_slot_of(key, 0);
+	if (conn_try_claim(s, key))
 		return &s->c;
-	i = conn_index(key, 0xC2B2AE3D27D4EB4FULL);
-	s = conns.lookup(&i);
-	if (s && s->sk == 0 && __sync_val_compare_and_swap(&s->sk, 0, key) == 0)
+	s = conn_slot_of(key, 1);
+	if (conn_try_claim(s, key))
 		return &s->c;
 	count(CTR_CONN_UNTRACKED);
 	return NULL;

@@ -46,11 +46,24 @@ static __always_inline void conn_fix_port(struct st_conn *c, const void *sk, str
 
 /* ---- connection tracking: one st_conn per socket, from its first state to CLOSE ---- */
 
+/* A server connection ESTABLISHED and not yet taken up by the server: counted in
+ * `pending_accepts` from its ESTABLISHED until handle_accepted() or its release. */
+static __always_inline int conn_waits_accept(const struct st_conn *c)
+{
+	return c->role == ROLE_SERVER && c->t_established && !(c->flags & CONN_ACCEPTED);
+}
+
+/* The slot is free again (a closed connection, or a stale one whose CLOSE was missed). */
+static __always_inline void conn_drop(struct st_conn *c)
+{
+	if (conn_waits_accept(c))
+		pending_add(-1);
+	conn_release(c);
+}
+
 static __always_inline void conn_close(void *ctx, struct st_conn *c, u64 now)
 {
 	c->t_close = now;
-	if (c->role == ROLE_SERVER && c->t_established && !(c->flags & CONN_ACCEPTED))
-		pending_add(-1); /* closed in the accept queue */
 	if (c->t_open) {
 		u64 life = now - c->t_open;
 		hist_add(HIST_LIFETIME, life);
@@ -60,7 +73,7 @@ static __always_inline void conn_close(void *ctx, struct st_conn *c, u64 now)
 	count(CTR_CONN_COUNTED);
 	if (c->flags & (CONN_SLOW_CONNECT | CONN_SLOW_LIFETIME | CONN_RETRANS))
 		submit_conn(ctx, c);
-	conn_release(c);
+	conn_drop(c);
 }
 
 static __always_inline void emit_time_wait(void *ctx, struct st_conn *c, u32 netns,
@@ -144,7 +157,6 @@ static __always_inline int new_sock_in_scope(const void *sk, int newstate, struc
  * event (value = failures, value2 = first one, t_ns = last one) when it ends: a different
  * failure, a successful connect of that process, or the tracer's stop (user space reads what is
  * left). */
-#define ST_EADDRNOTAVAIL 99
 #define STREAK_SLOTS 4096
 struct streak {
 	u64 start_ns;
@@ -243,7 +255,7 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 	 * and the memory now holds a new socket */
 	if (c && ((oldstate == ST_TCP_CLOSE && newstate == ST_TCP_SYN_SENT) ||
 		  (oldstate == ST_TCP_LISTEN && newstate == ST_TCP_SYN_RECV))) {
-		conn_release(c);
+		conn_drop(c);
 		c = NULL;
 	}
 	if (c) {
@@ -281,8 +293,8 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 			if (d > SLOW_CONN_NS)
 				c->flags |= CONN_SLOW_CONNECT;
 			streak_end(ctx, c->pid);
-		} else if (c->role == ROLE_SERVER) {
-			pending_add(1);
+		} else if (conn_waits_accept(c)) {
+			pending_add(1); /* (a TCP Fast Open child may be accepted before) */
 		}
 	} else if (newstate == ST_TCP_CLOSE) {
 		if (oldstate == ST_TCP_SYN_SENT && (c->flags & CONN_RESET))

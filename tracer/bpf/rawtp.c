@@ -96,8 +96,8 @@ int raw_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
  * server's first one on a server connection ends its wait: ESTABLISHED -> accept() and first
  * read, an upper bound of the accept-queue wait (equal to it for a server that reads right
  * after accept(), as request-response servers do). Only while some server connection waits
- * (pending_accepts > 0) does a call look its socket up. Not sock_send_length too: each probe run costs ~0.1 us
- * here whatever it does, and a recv per request is enough. */
+ * (pending_accepts > 0) does a call look its socket up. Not sock_send_length too: each probe
+ * run costs ~0.1 us here whatever it does, and a recv per request is enough. */
 int raw_sock_recv_length(struct bpf_raw_tracepoint_args *ctx)
 {
 	if (pending_count() <= 0)

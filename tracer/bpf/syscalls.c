@@ -1,5 +1,5 @@
 /* syscalls.c — the accept-queue wait from the accept() syscall tracepoints: the fallback for
- * kernels without the sock_recv_length / sock_send_length tracepoints (Linux < 6.3), because
+ * kernels without the sock_recv_length tracepoint (Linux < 6.3, see rawtp.c), because
  * enabling any syscall tracepoint sends every syscall of every task through the slow tracing
  * path (+1-2% CPU on the seed workload here).
  *
