@@ -1,7 +1,7 @@
 """Spike detection, the join of kernel evidence to transactions, cause classification, latency
 decomposition and reports. Pure: reads a run directory, never imports BCC.
 
-    from spiketrace.rundir import RunDir
+    from common.rundir import RunDir
     from analysis import analyse, AnalysisOptions
     result = analyse(RunDir.open("runs/X"), AnalysisOptions(threshold_ms=100))
     from analysis.report import write_reports, print_summary

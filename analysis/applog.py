@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -299,7 +299,7 @@ def resolve_times(app: AppLog, meta, span: Tuple[int, int]) -> Tuple[np.ndarray,
     e = app.entries
     start = np.full(len(e), -1, dtype=np.int64)
     notes: List[str] = []
-    anchor_ok = bool(getattr(meta, "clock_wall_ns", 0)) and bool(getattr(meta, "clock_monotonic_ns", 0))
+    anchor_ok = bool(meta.clock_wall_ns) and bool(meta.clock_monotonic_ns)
     lo, hi = span
     margin = 60 * S  # an entry may start this long before the trace or end after it
     for worker, idx in e.groupby("worker").groups.items():
@@ -591,7 +591,7 @@ def _estimate_starts(idx, dur, conn, k_open, span, meta) -> np.ndarray:
     anchors = np.flatnonzero(conn[idx] >= 0)
     pos = np.arange(len(idx), dtype=float)
     if len(anchors) == 0:
-        t0 = span[0] if span[0] > 0 else int(getattr(meta, "clock_monotonic_ns", 0))
+        t0 = span[0] if span[0] > 0 else int(meta.clock_monotonic_ns)
         return t0 + cum
     gap_acc = (k_open[conn[idx[anchors]]] - cum[anchors]).astype(float)  # start minus durations before
     if len(anchors) > 1:

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import facts
-from analysis.context import Context, fmt_ns, fmt_rel, group_first
+from analysis.context import Context, group_first
+from common.vocab import fmt_ns, fmt_rel
 from analysis.join import pid_overlaps
 
 
@@ -37,7 +38,7 @@ def detect_syn_retransmit(ctx: Context) -> None:
     from the first SYN to the retransmit that was answered is lost (t_retransmit - t_start)."""
     syn = ctx.spike_events(["retransmit"], side="client")
     syn = syn[syn["state"].isin([facts.SYN_SENT])]
-    t_start, port = ctx.col("t_start"), ctx.col("remote_port")
+    t_start = ctx.col("t_start")
     found_ti = np.zeros(0, dtype=np.int64)
     if len(syn):
         g = group_first(syn)

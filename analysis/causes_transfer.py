@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import facts
-from analysis.context import Context, fmt_ns, fmt_rel
+from analysis.context import Context
+from common.vocab import fmt_ns, fmt_rel
 from analysis.join import pid_overlaps
 
 EXCHANGES = (("t_connected", "t_reply1"), ("t_reply1", "t_reply2"))
@@ -180,8 +181,7 @@ def detect_runq_delay(ctx: Context) -> None:
         tgt_ti.append(ti[by_own])
         tgt_pid.append(own[by_own].astype(np.int64))
         side.append(np.full(int(by_own.sum()), "server", dtype=object))
-    other = facts.find_param(getattr(ctx.meta, "params", {}), "server_pid")
-    server_pids = np.unique(np.r_[srv["pid"].to_numpy(), [int(other)] if other else []]).astype(np.int64)
+    server_pids = np.unique(srv["pid"].to_numpy()).astype(np.int64)
     server_pids = server_pids[server_pids > 0]
     for pid in server_pids:  # transactions without a server record: any server thread
         lacking = ti[~has_srv & ~by_own]
@@ -213,8 +213,8 @@ def detect_delayed_ack(ctx: Context) -> None:
     part until the first is ACKed and the receiver delays that ACK (at least 40 ms). No event
     records it; it shows as an exchange ~40-200 ms slower than usual with no retransmit in it.
     Only when the client may split writes with Nagle on (params split_writes / nodelay)."""
-    params = getattr(ctx.meta, "params", {})
-    if facts.find_param(params, "split_writes") is False or facts.find_param(params, "nodelay") is True:
+    client = ctx.meta.params.client
+    if client is not None and (not client.split_writes or client.nodelay):
         return
     ti = ctx.spikes
     txn = ctx.frames.txn
@@ -259,10 +259,10 @@ def normal_exchange_ns(txn, ok: np.ndarray) -> float:
     return min(medians) if medians else 0.0
 
 
-def systematic_stall(txn, ok: np.ndarray, params) -> str:
+def systematic_stall(txn, ok: np.ndarray, client) -> str:
     """A warning when the typical transaction itself stalls like a delayed ACK (so few or no
     transactions stand out as spikes), with the options that explain each one."""
-    if facts.find_param(params, "nodelay") is True:
+    if client is not None and client.nodelay:
         return ""
     base = normal_exchange_ns(txn, ok)
     for phase, (c0, c1) in enumerate(EXCHANGES, start=1):
@@ -272,7 +272,7 @@ def systematic_stall(txn, ok: np.ndarray, params) -> str:
             continue
         excess = float(np.median((stop - start)[sel])) - base
         if (facts.DELACK_MIN_MS - 8) * 1e6 <= excess <= (facts.DELACK_MAX_MS + 20) * 1e6:
-            split = facts.find_param(params, "split_writes")
+            split = client is not None and client.split_writes
             why = "split writes with Nagle on" if split else "a Nagle/delayed-ACK stall, if requests are split"
             return (f"the typical transaction stalls {excess / 1e6:.0f} ms in exchange {phase} ({why}): it is "
                     "the median, so it is not a spike; use --relative 0 --threshold 30ms to explain each one")

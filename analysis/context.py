@@ -8,7 +8,6 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import facts
 from analysis.join import asof_interval
 from analysis.load import Frames
 from analysis.options import AnalysisOptions
@@ -20,23 +19,6 @@ CAUSES = ("syn_retransmit", "synack_retransmit", "data_retransmit", "port_exhaus
 # accept queue is *because* the server thread was not running), and timing-only inferences last.
 PRIORITY = {c: i for i, c in enumerate(CAUSES)}
 ALL_CAUSES = CAUSES + ("unexplained",)
-
-
-def fmt_ns(ns: float) -> str:
-    """A duration as a person would say it: `1.00 s`, `212 ms`, `850 us`."""
-    ns = float(ns)
-    if ns >= 1e9:
-        return f"{ns / 1e9:.2f} s"
-    if ns >= 1e7:
-        return f"{ns / 1e6:.0f} ms"
-    if ns >= 1e6:
-        return f"{ns / 1e6:.1f} ms"
-    return f"{ns / 1e3:.0f} us"
-
-
-def fmt_rel(ns: float) -> str:
-    """A signed offset from the start of a transaction: `+1.00 s`."""
-    return ("+" if ns >= 0 else "-") + fmt_ns(abs(ns))
 
 
 class Candidates:
@@ -129,12 +111,9 @@ class Context:
         """The listener backlog per transaction: counters `listen.<port>.backlog`, else
         meta.params `backlog`; -1 if unknown."""
         out = np.full(len(ports), -1, dtype=np.int64)
-        param = facts.find_param(getattr(self.meta, "params", {}), "backlog")
-        if param is not None:
-            try:
-                out[:] = int(param)
-            except (TypeError, ValueError):
-                pass
+        server = self.meta.params.server
+        if server is not None:
+            out[:] = int(server.backlog)
         for port in np.unique(ports).tolist():
             values = self.frames.counters.at(f"listen.{port}.backlog", t[ports == port])
             if values is not None:
@@ -172,11 +151,8 @@ def build_context(frames: Frames, meta, options: AnalysisOptions, spikes: np.nda
     txn_srv[srv_ti[hit][::-1]] = hit[::-1]  # the first server row wins a duplicate
     in_spikes = np.zeros(len(txn), dtype=bool)
     in_spikes[spikes] = True
-    hz = facts.find_param(getattr(meta, "params", {}), "counter_hz") or 20.0
-    try:
-        period = int(1e9 / float(hz))
-    except (TypeError, ValueError, ZeroDivisionError):
-        period = 50_000_000
+    hz = meta.params.counter_hz or 20.0  # format 1 runs sampled at 20 Hz
+    period = int(1e9 / float(hz))
     return Context(frames=frames, meta=meta, options=options, spikes=spikes, in_spikes=in_spikes,
                    ev_ti=ev_ti, txn_srv=txn_srv, median_latency_ns=median_latency_ns, period_ns=period)
 

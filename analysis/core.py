@@ -31,7 +31,7 @@ class AnalysisResult:
     """Everything the reports show, computed once."""
 
     run_path: Path
-    meta: Any  # spiketrace.rundir.RunMeta
+    meta: Any  # common.meta.Meta
     options: AnalysisOptions
     summary: Dict[str, Any]  # JSON-ready (summary.json)
     explanations: pd.DataFrame  # one row per spike (explanations.parquet)
@@ -90,7 +90,7 @@ def spike_mask(latency: np.ndarray, ok: np.ndarray, options: AnalysisOptions,
 
 
 def analyse(run, options: AnalysisOptions = AnalysisOptions(), app_log=None) -> AnalysisResult:
-    """Analyse an opened `spiketrace.rundir.RunDir`; with `app_log` (analysis.applog.AppLog,
+    """Analyse an opened `common.rundir.RunDir`; with `app_log` (analysis.applog.AppLog,
     `spiketrace report --transactions`) the application's entries are the transactions."""
     started = time.monotonic()
     frames = load(run, app_log=app_log, match_window_ms=options.match_window_ms)
@@ -101,7 +101,7 @@ def analyse(run, options: AnalysisOptions = AnalysisOptions(), app_log=None) -> 
     ok = (txn["outcome"] == "ok").to_numpy()
     population = frames.histograms.get("lifetime_ns") if frames.source == "connections" else None
     mask, median, threshold = spike_mask(latency, ok, options, population)
-    stall = systematic_stall(txn, ok, getattr(run.meta, "params", {}))
+    stall = systematic_stall(txn, ok, run.meta.params.client)
     if stall:
         warnings.append(stall)
     if options.only_ids is not None:
@@ -201,7 +201,7 @@ def _trace_summary(meta, frames: Frames) -> Optional[Dict[str, Any]]:
         "connections_only_counted": None if counted is None or sent is None else max(int(counted) - int(sent), 0),
         "connections_recorded": 0 if k is None else int(len(k)),
         "seen": {} if k is None or k.empty else {str(a): int(b) for a, b in k["seen"].value_counts().items()},
-        "slow_threshold_ms": facts.find_param(meta.params, "slow_conn_ms"),
+        "slow_threshold_ms": meta.params.tracer.slow_conn_ms if meta.params.tracer else None,
         "histograms": hist_summary(frames.histograms),
         "approximate": "percentiles from log2 histograms: the value lies in the range given (a factor of 2)",
     }

@@ -7,7 +7,8 @@ from typing import Tuple
 import numpy as np
 import pandas as pd
 
-from analysis.context import ALL_CAUSES, CAUSES, PRIORITY, Context, fmt_ns, fmt_rel
+from analysis.context import ALL_CAUSES, CAUSES, PRIORITY, Context
+from common.vocab import fmt_ns, fmt_rel
 from analysis.join import nearest
 
 

@@ -1,35 +1,19 @@
-"""Kernel facts the analysis relies on (DESIGN.md, "Kernel facts"), in one place.
+"""Kernel facts the analysis relies on (docs/kernel-facts.md), in one place.
 
-Each constant says where it comes from; the code that uses one cites it by name.
+Each constant says where it comes from; the code that uses one cites it by name. TCP states,
+errno values and drop reasons in words are the run directory's vocabulary (common.vocab).
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Dict, List, Optional
+
+from common.vocab import (CLOSING_STATES, EADDRNOTAVAIL, ECONNREFUSED, ECONNRESET,  # noqa: F401
+                          ESTABLISHED, ETIMEDOUT, HANDSHAKE_STATES, NEW_SYN_RECV, SYN_RECV,
+                          SYN_SENT, TCP_STATES, describe_drop)
 
 MS = 1_000_000  # ns
 S = 1_000_000_000
-
-# Linux TCP states (include/net/tcp_states.h).
-TCP_STATES = {
-    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
-    12: "NEW_SYN_RECV",
-}
-ESTABLISHED, SYN_SENT, SYN_RECV, NEW_SYN_RECV = 1, 2, 3, 12
-HANDSHAKE_STATES = (SYN_SENT, SYN_RECV, NEW_SYN_RECV)
-# states of a socket whose owner has closed it (or is closing it): FIN_WAIT1, FIN_WAIT2,
-# TIME_WAIT, CLOSE, LAST_ACK, CLOSING
-CLOSING_STATES = (4, 5, 6, 7, 9, 11)
-
-# errno values (Linux, asm-generic/errno.h)
-EADDRNOTAVAIL = 99  # connect(): no free local port (port exhaustion)
-ECONNRESET = 104
-ETIMEDOUT = 110
-ECONNREFUSED = 111  # connect(): a RST answered the SYN (nothing listens)
-ERRNO_NAMES = {EADDRNOTAVAIL: "EADDRNOTAVAIL", ECONNRESET: "ECONNRESET", ETIMEDOUT: "ETIMEDOUT",
-               ECONNREFUSED: "ECONNREFUSED", 11: "EAGAIN", 115: "EINPROGRESS", 114: "EALREADY",
-               32: "EPIPE", 4: "EINTR"}
 
 # FACT syn-rto: the initial SYN RTO is 1 s since Linux 3.1 (RFC 6298), 3 s before (CentOS 5's
 # 2.6.18); the `legacy-rto` scenario emulates 3 s with a sock_ops program.
@@ -51,31 +35,12 @@ def kernel_version(release: str) -> Optional[tuple]:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def find_param(params: Mapping[str, Any], name: str, default: Any = None) -> Any:
-    """A value from meta.params at any depth (`params["server"]["backlog"]` or `params["backlog"]`)."""
-    if not isinstance(params, Mapping):
-        return default
-    if name in params:
-        return params[name]
-    for value in params.values():
-        if isinstance(value, Mapping):
-            found = find_param(value, name, None)
-            if found is not None:
-                return found
-    return default
-
-
 def initial_syn_rto_s(meta) -> float:
     """The initial SYN RTO of the run (FACT syn-rto): 3 s on kernels before 3.1 or when the
-    run emulated it (scenario `legacy-rto`, or params `initial_rto_ms`), else 1 s."""
-    explicit = find_param(meta.params, "initial_rto_ms")
-    if explicit:
-        try:
-            return float(explicit) / 1000.0
-        except (TypeError, ValueError):
-            pass
-    if meta.scenario == "legacy-rto":
-        return SYN_RTO_LEGACY_S
+    run emulated it (params.scenario.initial_rto_ms, as `legacy-rto` sets), else 1 s."""
+    scenario = meta.params.scenario
+    if scenario is not None and scenario.initial_rto_ms:
+        return float(scenario.initial_rto_ms) / 1000.0
     version = kernel_version(meta.kernel)
     if version is not None and version < (3, 1):
         return SYN_RTO_LEGACY_S
@@ -127,36 +92,4 @@ def local_port_range(meta) -> Optional[tuple]:
 def drop_reason_names(meta) -> Dict[int, str]:
     """skb drop reason code -> name, as recorded by the tracer for the traced kernel (the enum
     changes between kernel versions, so the analysis never guesses)."""
-    for source in ({"drop_reasons": getattr(meta, "drop_reasons", None) or None}, meta.extra, meta.params):
-        table = find_param(source, "drop_reasons")
-        if isinstance(table, Mapping):
-            out = {}
-            for key, value in table.items():
-                try:
-                    out[int(key)] = str(value)
-                except (TypeError, ValueError):
-                    continue
-            return out
-    return {}
-
-
-# Plain words for the skb drop reasons a connection-per-transaction workload meets; any other
-# reason is shown by its kernel name alone.
-_DROP_WORDS = {
-    "TCP_LISTEN_OVERFLOW": "because the listener's accept queue was full",
-    "NO_SOCKET": "because no socket was there to take it (nothing listening, or already closed)",
-    "TC_INGRESS": "by a tc ingress filter",
-    "TC_EGRESS": "by a tc egress filter",
-    "NETFILTER_DROP": "by a netfilter (iptables/nftables) rule",
-    "SOCKET_BACKLOG": "because the socket's backlog was full",
-    "SOCKET_RCVBUFF": "because the socket's receive buffer was full",
-    "PROTO_MEM": "because TCP memory was exhausted (tcp_mem)",
-    "TCP_CSUM": "for a bad TCP checksum",
-    "QDISC_DROP": "by a full queueing discipline",
-}
-
-
-def describe_drop(name: str) -> str:
-    """'dropped <words> (drop reason NAME)': what a network engineer would say of a drop."""
-    words = _DROP_WORDS.get(str(name).replace("SKB_DROP_REASON_", ""))
-    return f"dropped {words} (drop reason {name})" if words else f"dropped by the kernel (drop reason {name})"
+    return meta.reason_names("drop")

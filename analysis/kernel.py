@@ -24,17 +24,8 @@ import pandas as pd
 
 from analysis import facts
 from analysis.join import asof_interval
+from common.vocab import CONN_PARTIAL, CONN_REFUSED, HIST_NAMES, HISTOGRAMS
 
-# connections.parquet `flags` (tracer/bpf/spiketrace.h CONN_*)
-CONN_SLOW_CONNECT, CONN_SLOW_LIFETIME, CONN_RETRANS, CONN_RESET = 0x01, 0x02, 0x04, 0x08
-CONN_ACCEPTED, CONN_PARTIAL, CONN_REFUSED = 0x20, 0x40, 0x80
-
-HISTOGRAMS = ("connect_ns", "lifetime_ns", "accept_wait_ns", "runq_delay_ns")
-HIST_TEXT = {"connect_ns": "connect (SYN sent -> ESTABLISHED, client side)",
-             "lifetime_ns": "connection lifetime (open -> close, both sides)",
-             "accept_wait_ns": "accept-queue wait (ESTABLISHED -> accept() or first read)",
-             # the scheduler's own account (sched_info): a wakeup that preempts at once counts 0 ns
-             "runq_delay_ns": "run-queue delay of traced threads (0 = too short for the scheduler's clock)"}
 HIST_PERCENTILES = (50, 90, 99, 99.9)
 
 
@@ -206,12 +197,12 @@ def hist_median_ns(counts: np.ndarray) -> float:
 def hist_summary(hists: Dict[str, np.ndarray]) -> List[Dict[str, object]]:
     """Per histogram: count and approximate percentiles as [low, high) ranges in ms."""
     rows = []
-    for name in list(HISTOGRAMS) + sorted(set(hists) - set(HISTOGRAMS)):
+    for name in list(HIST_NAMES) + sorted(set(hists) - set(HIST_NAMES)):
         h = hists.get(name)
         if h is None or not h.sum():
             continue
         nz = np.flatnonzero(h)
-        row: Dict[str, object] = {"name": name, "what": HIST_TEXT.get(name, name), "count": int(h.sum())}
+        row: Dict[str, object] = {"name": name, "what": HISTOGRAMS.get(name, name), "count": int(h.sum())}
         for p in HIST_PERCENTILES:
             lo, hi = hist_percentile(h, p)
             row[f"p{p:g}_ms"] = [lo / 1e6, hi / 1e6]
@@ -223,7 +214,7 @@ def hist_summary(hists: Dict[str, np.ndarray]) -> List[Dict[str, object]]:
 
 def range_text(lo_ms: float, hi_ms: float) -> str:
     """`0.52-1.05 ms`: an approximate value from a log2 bucket."""
-    from analysis.options import format_ms
+    from common.vocab import fmt_ms as format_ms
 
     if hi_ms <= 0:
         return "0"

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
 
 PHASES = ("t_start", "t_connected", "t_reply1", "t_reply2", "t_end")
 
@@ -143,7 +143,6 @@ def load(run, need_events: bool = True, app_log=None, match_window_ms: float = 1
     given (each entry matched to a kernel connection), else from transactions.parquet (bench
     records), else from the kernel's connections (trace runs)."""
     from analysis import applog as applog_mod
-    from analysis import facts
     from analysis.kernel import kernel_connections, read_histograms, transactions_from_kernel
 
     events = run.table("events", categories=True) if need_events else run.table("events", categories=True).iloc[0:0]
@@ -159,8 +158,8 @@ def load(run, need_events: bool = True, app_log=None, match_window_ms: float = 1
     if app_log is not None or not run.has("transactions"):
         kernel = kernel_connections(run.table("connections") if has_conns else None)
     if app_log is not None:
-        slow_ms = facts.find_param(getattr(run.meta, "params", {}), "slow_conn_ms") or \
-            facts.find_param(getattr(run.meta, "params", {}), "threshold_ms") or 50.0
+        tracer = run.meta.params.tracer
+        slow_ms = tracer.slow_conn_ms if tracer is not None else 50.0
         span = _span(kernel["t_open"].to_numpy(), kernel["t_close"].to_numpy(), events["t_ns"].to_numpy())
         if span == (0, 0):
             span = (int(run.meta.clock_monotonic_ns), int(run.meta.clock_monotonic_ns))

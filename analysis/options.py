@@ -5,7 +5,8 @@ import dataclasses
 import re
 from typing import Optional, Sequence
 
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
+from common.vocab import fmt_ms
 
 _UNITS_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0, "": 1.0}
 
@@ -33,21 +34,12 @@ class AnalysisOptions:
     def describe(self) -> str:
         parts = []
         if self.threshold_ms > 0:
-            parts.append(f">= {format_ms(self.threshold_ms)}")
+            parts.append(f">= {fmt_ms(self.threshold_ms)}")
         if self.relative > 0:
             parts.append(f"> {self.relative:g}x median")
         if self.percentile is not None:
             parts.append(f"> p{self.percentile:g}")
         return " and ".join(parts) if parts else "every transaction"
-
-
-def format_ms(ms: float) -> str:
-    """`1.5 s`, `100 ms`, `250 us`: the unit a person would say."""
-    if ms >= 1000:
-        return f"{ms / 1000:.3g} s"
-    if ms >= 1:
-        return f"{ms:.3g} ms"
-    return f"{ms * 1000:.3g} us"
 
 
 def parse_duration_ms(text: str) -> float:

@@ -8,12 +8,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from analysis.context import fmt_ns
 from analysis.core import AnalysisResult, analyse
-from analysis import facts
-from analysis.facts import ERRNO_NAMES, TCP_STATES
 from analysis.options import AnalysisOptions
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
+from common.vocab import describe_event, errno_name
 
 CLIENT_PHASES = (("t_start", "transaction starts (socket created)"), ("t_connected", "connect() returned"),
                  ("t_reply1", "first echo received"), ("t_reply2", "second echo received"),
@@ -70,7 +68,7 @@ def build_timeline(result: AnalysisResult, txn_id: int) -> Timeline:
         if row[col]:
             extra = ""
             if col == "t_connected" and row["connect_attempts"] > 1:
-                err = ERRNO_NAMES.get(int(row["last_errno"]), str(row["last_errno"]))
+                err = errno_name(row["last_errno"])
                 extra = f" after {row['connect_attempts']} attempts (last error {err})"
             add(row[col], "client", text + extra)
     srv = ctx.txn_srv[ti]
@@ -82,9 +80,9 @@ def build_timeline(result: AnalysisResult, txn_id: int) -> Timeline:
     ev = ctx.frames.events
     own = np.flatnonzero(ctx.ev_ti == ti)
     cited = result.evidence[result.evidence["txn_id"] == txn_id]["ev_row"].to_numpy() if len(result.evidence) else []
-    drop_names = facts.drop_reason_names(ctx.meta)
+    drops, resets = ctx.meta.reason_names("drop"), ctx.meta.reason_names("reset")
     for e in np.union1d(own, cited).astype(np.int64):
-        add(int(ev["t_ns"].iat[e]), "kernel", event_text(ev.iloc[e], drop_names), int(e))
+        add(int(ev["t_ns"].iat[e]), "kernel", describe_event(ev.iloc[e], drops, resets), int(e))
     end = int(row["end"])
     for name in COUNTERS + tuple(n for n in ctx.frames.counters.names() if n.startswith("listen.")):
         for t, before, after in counter_changes(ctx.frames.counters, name, t0 - ctx.period_ns, end + ctx.period_ns):
@@ -108,33 +106,3 @@ def counter_changes(counters, name: str, a: int, b: int):
         if vs[i] != vs[i - 1]:
             out.append((int(ts[i]), int(vs[i - 1]), int(vs[i])))
     return out
-
-
-def event_text(e, drop_names: Optional[Dict[int, str]] = None) -> str:
-    """One kernel event in words, with the fields its kind gives meaning to; drop reasons by
-    this kernel's names where the run recorded them."""
-    kind = str(e["kind"])
-    state = TCP_STATES.get(int(e["state"]), str(int(e["state"])))
-    side = f" ({e['side']} side)" if e.get("side") else ""
-    if kind == "retransmit":
-        what = "SYN retransmit" if int(e["state"]) == 2 else f"data retransmit in {state}"
-        return f"{what}{side}" + (f", #{int(e['value'])}" if e["value"] else "")
-    if kind == "synack_retransmit":
-        return "SYN-ACK retransmit (server side)"
-    if kind == "state_change":
-        return f"{state} -> {TCP_STATES.get(int(e['new_state']), str(int(e['new_state'])))}{side}"
-    if kind == "drop":
-        name = (drop_names or {}).get(int(e["reason"]), str(int(e["reason"])))
-        return f"packet {facts.describe_drop(name)}{side}"
-    if kind in ("reset_sent", "reset_received"):
-        return f"{kind.replace('_', ' ')} in {state}{side}"
-    if kind == "connect_error":
-        err = ERRNO_NAMES.get(int(e["reason"]), str(int(e["reason"])))
-        return f"connect() failed with {err} x{int(e['value'])} (pid {int(e['pid'])})"
-    if kind == "accept_wait":
-        return f"waited {fmt_ns(int(e['value']))} in the accept queue"
-    if kind == "runq_delay":
-        return f"{e['comm']} (tid {int(e['pid'])}) runnable but not running for {fmt_ns(int(e['value']))}"
-    if kind == "time_wait":
-        return f"entered TIME_WAIT{side}"
-    return f"{kind}{side}"

@@ -2,8 +2,6 @@
 
 - `set_pdeathsig()`: a child gets SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG), so a
   killed `spiketrace run` leaves no load generator behind.
-- `enter_netns()`: move the calling process into a named network namespace before it creates
-  any socket (the orchestrator runs each scenario in its own namespace).
 - `StopHandler`: SIGINT/SIGTERM/SIGALRM become a `Stop` exception raised where the process is
   (even inside a blocking accept/connect/recv), except inside `critical()` sections (a Parquet
   flush), where the request is remembered and raised when the section ends. So a stop never
@@ -23,6 +21,9 @@ PR_SET_PDEATHSIG = 1
 
 # Payload bounds, shared by the server and the client validation.
 MAX_PAYLOAD = 16 * 1024 * 1024
+DRAIN_ROOM = 65536  # extra buffer room so a server's drain-until-EOF loop reads big chunks
+# server.parquet outcomes (common.vocab.SERVER_OUTCOMES)
+OK, RESET, SHORT, ERROR = "ok", "reset", "short_request", "error"
 
 
 class Stop(Exception):
@@ -71,15 +72,6 @@ def no_pandas() -> None:
     of the load. The bench processes never need it. Call before anything imports pandas."""
     if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
         sys.meta_path.insert(0, _NoPandas())
-
-
-def enter_netns(name: Optional[str]) -> None:
-    """Enter the network namespace `name` (no-op for None). Must run before sockets are made."""
-    if not name:
-        return
-    from spiketrace.netns import enter_netns as enter
-
-    enter(name)  # never creates a namespace: a missing one is an error, not a new empty one
 
 
 class StopHandler:

@@ -9,7 +9,7 @@ part would itself cause the latency spikes this tool is meant to explain. So the
 - every `slice_rows` records (a few hundred), the loop calls `convert()`: the tuples become one
   Arrow record batch (~0.5 us per row, a fraction of a millisecond per call);
 - every `chunk_rows` records, the batches go to a writer thread, which hands them to
-  `spiketrace.rundir.TableWriter` (`append_arrow` + `flush`: Arrow concatenation, zstd and
+  `common.rundir.TableWriter` (`append_arrow` + `flush`: Arrow concatenation, zstd and
   file I/O, all of which release the GIL) and writes one part atomically;
 - `close()` converts the rest, drains the writer thread and writes the last part.
 Columns that are constant for a process (worker, pid, ports) are not stored per row but added
@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pyarrow as pa
 
-from spiketrace.rundir import SCHEMAS, TableWriter
+from common.rundir import SCHEMAS, TableWriter
 
 
 class RowBuffer:

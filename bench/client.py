@@ -11,6 +11,9 @@ register the pids with the tracer before any load. Closed loop by default; with 
 transactions are scheduled at fixed times and latency is counted from the *scheduled* start
 (no coordinated omission). Records stream to `transactions.parquet` in parts; SIGINT, SIGTERM
 and the parent's death (PR_SET_PDEATHSIG) make a worker flush what it completed and exit.
+
+Over 400 lines on purpose: the worker's hot loop and the parent's supervision of the workers
+(ready/go handshake, progress, stop, errors) share their wire format and are read together.
 """
 from __future__ import annotations
 
@@ -25,9 +28,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional
 
-from bench._proc import (MAX_PAYLOAD, Stop, StopHandler, enter_netns, no_pandas, quiet_threads,
+from common.netns import enter as enter_netns
+from bench._proc import (MAX_PAYLOAD, Stop, StopHandler, no_pandas, quiet_threads,
                          set_pdeathsig)
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
+from common.meta import ClientParams
 
 if TYPE_CHECKING:
     from bench._records import RowBuffer
@@ -44,19 +49,8 @@ STATUS_SLOTS = 5
 S_STARTING, S_READY, S_RUNNING, S_DONE, S_UNREACHABLE, S_FAILED = range(6)
 
 
-@dataclasses.dataclass
-class ClientOptions:
-    host: str = "127.0.0.1"
-    port: int = 9999
-    n: int = 1_000_000
-    concurrency: int = 1
-    payload: int = 3000
-    rate: Optional[float] = None  # transactions/s over all workers (open loop), None = closed
-    connect_retry: str = "busy"
-    nodelay: bool = False
-    split_writes: bool = False
-    connect_timeout_s: float = 10.0
-    chunk_rows: int = 32768  # rows per Parquet part (per worker)
+class ClientOptions(ClientParams):
+    """The options (fields: common.meta.ClientParams, recorded as meta.json `params.client`)."""
 
     def validate(self) -> None:
         if self.n < 1:

@@ -24,29 +24,20 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
-from bench._proc import (MAX_PAYLOAD, Stop, StopHandler, enter_netns, no_pandas, quiet_threads,
-                         set_pdeathsig)
-from spiketrace.errors import SpikeTraceError
+from common.netns import enter as enter_netns
+from bench._proc import (DRAIN_ROOM, ERROR, MAX_PAYLOAD, OK, RESET, SHORT, Stop, StopHandler,
+                         no_pandas, quiet_threads, set_pdeathsig)
+from common.errors import SpikeTraceError
+from common.meta import ServerParams
 
 if TYPE_CHECKING:
     from bench._records import RowBuffer
 
 MODELS = ("blocking", "threaded", "epoll")
-OK, RESET, SHORT, ERROR = "ok", "reset", "short_request", "error"
-_DRAIN = 65536  # extra buffer room so the drain-until-EOF loop reads big chunks
 
 
-@dataclasses.dataclass
-class ServerOptions:
-    host: str = "127.0.0.1"
-    port: int = 9999  # 0 = any free port (ServerProcess.port / serve's on_ready tell which)
-    backlog: int = 1
-    linger: bool = True  # SO_LINGER {1, 0} on the listening socket, as the original
-    model: str = "blocking"
-    think_ms: float = 0.0  # sleep before each accept()
-    payload: int = 3000  # request size; must match the client's
-    threads: int = 4  # for model "threaded"
-    duration_s: Optional[float] = None  # stop after this long (None = until stopped)
+class ServerOptions(ServerParams):
+    """The options (fields: common.meta.ServerParams, recorded as meta.json `params.server`)."""
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -141,7 +132,7 @@ def _serve_blocking(lsock: socket.socket, opts: ServerOptions, buf: RowBuffer,
     in locals, one tuple appended per connection.
     """
     P = opts.payload
-    mem = bytearray(P + _DRAIN)
+    mem = bytearray(P + DRAIN_ROOM)
     view = memoryview(mem)
     req = view[:P]
     into_req, into_all = [req], [view]

@@ -7,14 +7,13 @@ import select
 import time
 from typing import TYPE_CHECKING, Dict, Optional
 
-from bench._proc import Stop, StopHandler
-from bench.server import _DRAIN, ERROR, OK, RESET, SHORT
+from bench._proc import DRAIN_ROOM, ERROR, OK, RESET, SHORT, Stop, StopHandler
 
 if TYPE_CHECKING:
     import socket
 
     from bench._records import RowBuffer
-    from bench.server import ServerOptions
+    from common.meta import ServerParams as ServerOptions
 
 
 class _EpollConn:
@@ -25,7 +24,7 @@ class _EpollConn:
         self.sock, self.fd, self.addr = sock, sock.fileno(), addr
         self.phase = 0  # 0: request 1, 1: request 2, 2: drain until EOF
         self.got = 0
-        self.mem = bytearray(payload + _DRAIN)
+        self.mem = bytearray(payload + DRAIN_ROOM)
         self.view = memoryview(self.mem)
         self.out = None  # memoryview still to send, or None
         self.bytes_in = 0

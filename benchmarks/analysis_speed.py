@@ -45,7 +45,7 @@ def main(argv=None) -> int:
 
     from analysis import analyse
     from analysis.report import write_reports
-    from spiketrace.rundir import RunDir
+    from common.rundir import RunDir
 
     t0 = time.monotonic()
     run = RunDir.open(path)

@@ -1,3 +1,3 @@
 """spiketrace: reproduce and explain latency spikes of connection-per-transaction TCP workloads."""
 
-__version__ = "0.1.0"
+from common import __version__  # noqa: F401  (one version, kept on the ground floor)

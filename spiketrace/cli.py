@@ -8,7 +8,7 @@ import sys
 import click
 
 from spiketrace import __version__
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
 
 # command name -> (module under spiketrace.commands, one-line help shown by `spiketrace --help`)
 COMMANDS = {

@@ -43,7 +43,7 @@ def pytest_runtest_makereport(item, call):
 def ns(request):
     """A private network namespace (lo up) for one test, removed after it: test traffic and
     fixed ports stay inside it. Yields its name."""
-    from spiketrace.netns import Namespace
+    from common.netns import Namespace
 
     tag = request.module.__name__.rsplit(".", 1)[-1].replace("test_", "")[:20]
     with Namespace.create(f"sttest-{tag}-{os.getpid()}") as namespace:

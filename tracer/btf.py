@@ -17,7 +17,7 @@ import os
 import struct
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 

@@ -23,12 +23,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from spiketrace.errors import SpikeTraceError
-from spiketrace.rundir import TableWriter
-from tracer.sockdiag import ListenerProbe, NetnsRef, entered, netns_path, run_in_netns, \
-    thread_proc_net
+from common.errors import SpikeTraceError
+from common.netns import NetnsRef, entered, netns_path, parse_snmp, read_sysctls, run_in, thread_proc_net
+from common.rundir import TableWriter
+from tracer.sockdiag import ListenerProbe
 
 # The counters that can explain a connection-setup or data-transfer stall. `names=None`
 # stores every TcpExt/Tcp field instead (many change with every packet: a bigger table).
@@ -56,7 +56,7 @@ DEFAULT_COUNTERS: Tuple[str, ...] = (
     "Tcp.CurrEstab", "Tcp.RetransSegs", "Tcp.InErrs", "Tcp.OutRsts",
 )
 
-# The TCP sysctls the analysis needs to turn a retransmit count into a delay (see DESIGN.md:
+# The TCP sysctls the analysis needs to turn a retransmit count into a delay (see docs/kernel-facts.md:
 # tcp_syn_linear_timeouts changes the SYN backoff since 6.5). All are per network namespace.
 TCP_SYSCTLS: Tuple[str, ...] = (
     "net.ipv4.tcp_syn_linear_timeouts", "net.ipv4.tcp_syn_retries",
@@ -70,25 +70,6 @@ TCP_SYSCTLS: Tuple[str, ...] = (
 FLUSH_INTERVAL_S = 5.0
 
 
-def parse_pairs(data: bytes, sections: Iterable[str] = ("TcpExt", "Tcp")) -> Dict[str, int]:
-    """Parse the header/value line pairs of /proc/net/netstat or /proc/net/snmp into
-    `{"TcpExt.ListenOverflows": 3, ...}` for the wanted sections."""
-    wanted = set(sections)
-    out: Dict[str, int] = {}
-    lines = data.decode("ascii", "replace").splitlines()
-    for header, values in zip(lines[0::2], lines[1::2]):
-        hname, _, hrest = header.partition(":")
-        vname, _, vrest = values.partition(":")
-        if hname != vname or hname not in wanted:
-            continue
-        for field, value in zip(hrest.split(), vrest.split()):
-            try:
-                out[f"{hname}.{field}"] = int(value)
-            except ValueError:
-                continue
-    return out
-
-
 def parse_sockstat_tw(data: bytes) -> Optional[int]:
     """The `tw` (TIME_WAIT sockets) field of the `TCP:` line of /proc/net/sockstat."""
     for line in data.decode("ascii", "replace").splitlines():
@@ -100,24 +81,13 @@ def parse_sockstat_tw(data: bytes) -> Optional[int]:
     return None
 
 
-def _read_sysctls(keys: Sequence[str]) -> Dict[str, str]:
-    out: Dict[str, str] = {}
-    for key in keys:
-        try:
-            with open("/proc/sys/" + key.replace(".", "/")) as fh:
-                out[key] = " ".join(fh.read().split())
-        except OSError:
-            continue  # not on this kernel (e.g. tcp_syn_linear_timeouts before 6.5)
-    return out
-
-
 def read_tcp_sysctls(netns_pid: NetnsRef = None) -> Dict[str, str]:
     """The TCP sysctls of a network namespace (`{"net.ipv4.tcp_syn_retries": "6", ...}`).
 
     `netns_pid`: a pid inside it, an `ip netns` name or ns-file path, or None for this process's
     own. Net sysctls resolve against the *reader's* namespace, so they are read from a thread
     inside it. Sysctls this kernel lacks are left out."""
-    return run_in_netns(netns_pid, _read_sysctls, TCP_SYSCTLS)
+    return read_sysctls(netns_pid, TCP_SYSCTLS)
 
 
 def read_counters(netns_pid: NetnsRef = None) -> Dict[str, int]:
@@ -126,14 +96,14 @@ def read_counters(netns_pid: NetnsRef = None) -> Dict[str, int]:
         values: Dict[str, int] = {}
         for name in ("netstat", "snmp"):
             with open(thread_proc_net(name), "rb") as fh:
-                values.update(parse_pairs(fh.read()))
+                values.update(parse_snmp(fh.read(), ("TcpExt", "Tcp")))
         with open(thread_proc_net("sockstat"), "rb") as fh:
             tw = parse_sockstat_tw(fh.read())
         if tw is not None:
             values["sockstat.tw"] = tw
         return values
 
-    return run_in_netns(netns_pid, read)
+    return run_in(netns_pid, read)
 
 
 class CounterSampler:
@@ -154,6 +124,7 @@ class CounterSampler:
         self.run_dir = Path(run_dir)
         self.netns = netns_pid
         self.ports = sorted(set(int(p) for p in ports))
+        self.hz = float(hz)
         self.period_ns = int(1e9 / hz)
         self.names = None if names is None else frozenset(names)
         self.flush_interval_s = flush_interval_s
@@ -225,7 +196,7 @@ class CounterSampler:
         values: Dict[str, int] = {}
         netstat, snmp, sockstat = (os.pread(fd, 1 << 16, 0) for fd in self._fds)
         for data in (netstat, snmp):
-            for name, value in parse_pairs(data).items():
+            for name, value in parse_snmp(data, ("TcpExt", "Tcp")).items():
                 if self.names is None or name in self.names:
                     values[name] = value
         tw = parse_sockstat_tw(sockstat)

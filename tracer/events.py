@@ -13,38 +13,16 @@ from typing import Dict, List
 
 import numpy as np
 
-# Kinds: must match the KIND_* defines in spiketrace.h (the layout test checks it).
-KIND_NAMES: Dict[int, str] = {
-    1: "retransmit",
-    2: "synack_retransmit",
-    3: "state_change",
-    4: "reset_sent",
-    5: "reset_received",
-    6: "drop",
-    7: "connect_error",
-    8: "accept_wait",
-    9: "runq_delay",
-    10: "time_wait",
-}
-KIND_MAX = 11
+from common.vocab import EVENT_KINDS, HIST_NAMES, ROLES  # noqa: F401  (HIST_NAMES: the header's order)
 
-# Counter slots and histograms (CTR_*, HIST_* in spiketrace.h).
+# Kinds, roles, flags and histograms are the run directory's vocabulary (common.vocab); the
+# numbers here are the C header's (spiketrace.h), checked by tests/unit/test_contract.py.
+KIND_MAX = max(EVENT_KINDS) + 1
+
+# Counter slots (CTR_* in spiketrace.h).
 CTR_CONN_COUNTED, CTR_CONN_SENT, CTR_CONN_LOST, CTR_TIME_WAIT, CTR_CONN_UNTRACKED = 0, 1, 2, 3, 4
 CTR_SENT_BASE, CTR_LOST_BASE, CTR_MAX = 16, 32, 48
-HIST_NAMES = ("connect_ns", "lifetime_ns", "accept_wait_ns", "runq_delay_ns")
 HIST_BUCKETS = 64
-
-ROLE_NAMES = {1: "client", 2: "server"}
-CONN_FLAGS = {
-    0x01: "slow_connect", 0x02: "slow_lifetime", 0x04: "retrans", 0x08: "reset",
-    0x10: "time_wait", 0x20: "accepted", 0x40: "partial", 0x80: "refused",
-}
-
-TCP_STATES = {
-    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
-    12: "NEW_SYN_RECV",
-}
 
 
 class Event(ct.Structure):
@@ -159,7 +137,7 @@ def decode_events(raw: bytes) -> Dict[str, list]:
     kinds = a["kind"].tolist()
     return {
         "t_ns": a["t_ns"].astype(np.int64).tolist(),
-        "kind": [KIND_NAMES.get(k, f"kind{k}") for k in kinds],
+        "kind": [EVENT_KINDS.get(k, f"kind{k}") for k in kinds],
         "pid": a["pid"].astype(np.int32).tolist(),
         "comm": _names.comm_column(a["comm"]),
         "netns": a["netns"].tolist(),
@@ -180,7 +158,7 @@ def decode_conns(raw: bytes) -> Dict[str, list]:
     a = np.frombuffer(raw, dtype=CONN_DTYPE)
     return {
         "netns": a["netns"].tolist(),
-        "role": [ROLE_NAMES.get(r, "") for r in a["role"].tolist()],
+        "role": [ROLES.get(r, "") for r in a["role"].tolist()],
         "pid": a["pid"].astype(np.int32).tolist(),
         "comm": _names.comm_column(a["comm"]),
         "saddr": _names.addr_column(a["family"], a["saddr"]),

@@ -1,6 +1,6 @@
 """Which probe gives each piece of evidence on this kernel, and how to read it.
 
-For each evidence (DESIGN.md, "Kernel mechanisms") the candidates are tried in order of
+For each evidence (docs/kernel-facts.md, "Kernel mechanisms") the candidates are tried in order of
 preference: a stable tracepoint whose record has the fields the program reads, else a kprobe
 where the kernel has kprobes and the function exists, else an inference or nothing. The
 choice is reported per evidence (`Plan.backends`, stored as `probes` in meta.json) with the
@@ -17,9 +17,8 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from spiketrace.errors import SpikeTraceError
-
-TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+from common.errors import SpikeTraceError
+from tracer.host import kprobes_available, tracefs
 
 _TUPLE = ("sport", "dport", "family", "saddr", "daddr", "saddr_v6", "daddr_v6")
 
@@ -148,16 +147,6 @@ class Plan:
         return out
 
 
-def tracefs() -> str:
-    """The tracefs mount (events/ inside), or a SpikeTraceError pointing to the doctor."""
-    for path in TRACEFS_CANDIDATES:
-        if os.path.isdir(os.path.join(path, "events")):
-            return path
-    raise SpikeTraceError(
-        "tracefs is not mounted (no /sys/kernel/tracing/events): mount it with "
-        "`mount -t tracefs nodev /sys/kernel/tracing` (see `spiketrace doctor`)")
-
-
 _FIELD_RE = re.compile(r"field:(?P<decl>[^;]*);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);")
 
 
@@ -177,11 +166,6 @@ def tracepoint_fields(event: str, root: Optional[str] = None) -> Optional[Dict[s
         if not fname.startswith("common_"):
             fields[fname] = (int(m.group("off")), int(m.group("size")))
     return fields
-
-
-def kprobes_available() -> bool:
-    """True if this kernel can attach kprobes (CONFIG_KPROBES with the perf kprobe PMU)."""
-    return os.path.exists("/sys/bus/event_source/devices/kprobe/type")
 
 
 def kernel_function_exists(name: str) -> bool:

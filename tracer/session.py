@@ -13,43 +13,26 @@ counted in the kernel and reported as `TracerStats.lost_events`.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes as ct
 import dataclasses
-import os
-import re
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
-from spiketrace.errors import SpikeTraceError
-from tracer import btf, events, probes
+from common.errors import SpikeTraceError
+from common.meta import TracerParams
+from tracer import btf, events, host, probes
+from tracer.compile import compile_bpf, load_probe, output_backend, pages, render_source
 
-BPF_DIR = Path(__file__).parent / "bpf"
-SOURCES = ("tcp.c", "rawtp.c", "syscalls.c", "sched.c")
-KPROBE_SOURCE = "kprobes.c"
 POLL_INTERVAL_S = 0.05     # consumer period (records are sent without wakeups)
 FLUSH_INTERVAL_S = 5.0     # tables reach disk at least this often
 HIST_INTERVAL_S = 30.0     # histogram snapshots
-DOCTOR = "run `spiketrace doctor` to see what this machine is missing"
 
 
-@dataclasses.dataclass
-class TracerConfig:
-    ports: List[int] = dataclasses.field(default_factory=list)
-    pids: List[int] = dataclasses.field(default_factory=list)
-    cgroup: Optional[str] = None
-    netns_inum: int = 0
-    slow_conn_ms: float = 50.0
-    runq_threshold_ms: float = 5.0
-    accept_wait_threshold_ms: float = 5.0
-    all_events: bool = False
-    ringbuf_pages: int = 1024
-    # evidence not to probe (tracer.probes.EVIDENCE_NAMES), e.g. what the workload records
-    # itself: `spiketrace run` skips accept_wait, the bench server logs its accept times
-    skip: List[str] = dataclasses.field(default_factory=list)
+class TracerConfig(TracerParams):
+    """What to trace and the thresholds of what is sent in detail (the fields are
+    common.meta.TracerParams, recorded as meta.json `params.tracer`)."""
 
 
 @dataclasses.dataclass
@@ -58,151 +41,7 @@ class TracerStats:
     lost_events: int
     connections_counted: int
     connections_sent: int
-
-
-def preflight() -> None:
-    """Raise one clear SpikeTraceError if this machine cannot run the tracer at all."""
-    if os.geteuid() != 0:
-        raise SpikeTraceError(f"tracing needs root (BPF): run it with sudo; {DOCTOR}", exit_code=77)
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        raise SpikeTraceError(
-            "the bcc Python module is missing (install python3-bpfcc / python3-bcc with "
-            f"scripts/install.sh; it does not come from PyPI); {DOCTOR}")
-    probes.tracefs()
-    kernel_headers()
-
-
-def kernel_headers() -> str:
-    """Where BCC finds this kernel's headers; one clear error if nowhere. BCC compiles against
-    /lib/modules/$(uname -r)/build, or the kernel's own copy (CONFIG_IKHEADERS)."""
-    build = f"/lib/modules/{os.uname().release}/build"
-    for candidate in (build, "/sys/kernel/kheaders.tar.xz"):
-        if os.path.exists(candidate):
-            return candidate
-    raise SpikeTraceError(
-        f"no kernel headers for {os.uname().release} ({build} is missing): run scripts/install.sh, "
-        f"which installs them or links the distro's generic headers; {DOCTOR}")
-
-
-def output_backend() -> str:
-    """`ringbuf` (Linux 5.8+) unless SPIKETRACE_OUTPUT=perf or the kernel lacks it."""
-    forced = os.environ.get("SPIKETRACE_OUTPUT", "")
-    if forced in ("ringbuf", "perf"):
-        return forced
-    release = os.uname().release.split("-")[0].split(".")
-    try:
-        major, minor = int(release[0]), int(release[1])
-    except (IndexError, ValueError):
-        return "ringbuf"
-    return "ringbuf" if (major, minor) >= (5, 8) else "perf"
-
-
-def _pages(n: int) -> int:
-    """Ring buffer pages: a power of two, at least 1."""
-    p = 1
-    while p < max(1, int(n)):
-        p *= 2
-    return p
-
-
-def render_source(config: TracerConfig, *, force: Optional[Dict[str, str]] = None,
-                  output: Optional[str] = None,
-                  plan: Optional[probes.Plan] = None) -> Tuple[str, List[str]]:
-    """The BPF program text and the clang flags that configure it (`trace --print-bpf`).
-
-    `force` picks a backend per evidence (e.g. {"state_change": "kprobe"}); kprobe variants are
-    compiled in even where they cannot attach, so the verifier can check them.
-    """
-    plan = plan or probes.plan(disabled=config.skip, force=force)
-    kernel = btf.vmlinux()
-    defines: Dict[str, int] = dict(btf.tracer_offsets(kernel))
-    skc = [v for k, v in defines.items() if k.startswith("OFF_SKC_")]
-    defines["SKC_SPAN"] = (max(skc) + 16 + 7) // 8 * 8  # sock_common read in one go
-    defines.update(plan.defines)
-    defines["NETNS_INUM"] = int(config.netns_inum)
-    if config.ports:
-        defines["HAVE_PORTS"] = 1
-    if config.pids:
-        defines["FILTER_PIDS"] = 1
-    if config.cgroup:
-        defines["FILTER_CGROUP"] = 1
-    if config.all_events:
-        defines["ALL_EVENTS"] = 1
-    defines["SLOW_CONN_NS"] = int(config.slow_conn_ms * 1e6)
-    defines["RUNQ_THRESHOLD_NS"] = int(config.runq_threshold_ms * 1e6)
-    defines["ACCEPT_THRESHOLD_NS"] = int(config.accept_wait_threshold_ms * 1e6)
-    reasons = {n: v for v, n in kernel.enum("skb_drop_reason").items()}
-    defines["SKB_CONSUMED_REASON"] = reasons.get("SKB_CONSUMED", 1)
-    defines["DROP_REASON_QUEUE_PURGE"] = reasons.get("SKB_DROP_REASON_QUEUE_PURGE", -1)
-    defines["DROP_REASON_NO_SOCKET"] = reasons.get("SKB_DROP_REASON_NO_SOCKET", -1)
-    if (output or output_backend()) == "ringbuf":
-        defines["USE_RINGBUF"] = 1
-        defines["RINGBUF_PAGES"] = _pages(config.ringbuf_pages)
-    files = list(SOURCES)
-    if any(c.backend in ("kprobe", "kretprobe") for c in plan.chosen.values()):
-        files.append(KPROBE_SOURCE)
-    seen: set = set()
-    text = "".join(_expand(name, seen) for name in files)
-    cflags = [f"-D{k}={v}" for k, v in sorted(defines.items())]
-    return text, cflags
-
-
-_LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.M)
-
-
-def _expand(name: str, seen: set) -> str:
-    """The file with its local `#include "x.h"` inlined once each. BCC rewrites map calls
-    (`table.lookup()`) only in the main file, so the shared header must be part of it."""
-    if name in seen:
-        return ""
-    seen.add(name)
-    body = _LOCAL_INCLUDE.sub(lambda m: _expand(m.group(1), seen), (BPF_DIR / name).read_text())
-    return f'#line 1 "{name}"\n{body}\n'
-
-
-@contextlib.contextmanager
-def captured_stderr() -> Iterator[List[str]]:
-    """Collect what libbcc/clang print on fd 2 (compiler errors, verifier logs)."""
-    box: List[str] = []
-    with tempfile.TemporaryFile() as tmp:
-        saved = os.dup(2)
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield box
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            box.append(tmp.read().decode("utf-8", "replace"))
-
-
-def _tail(text: str, lines: int = 40) -> str:
-    kept = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return "\n".join(kept[-lines:])
-
-
-def compile_bpf(text: str, cflags: Sequence[str]):
-    """bcc.BPF(text, cflags) with compiler errors turned into a SpikeTraceError."""
-    from bcc import BPF
-
-    with captured_stderr() as err:
-        try:
-            return BPF(text=text.encode(), cflags=list(cflags))
-        except Exception as exc:
-            failure = exc
-    raise SpikeTraceError(f"BPF compile failed ({failure}):\n{_tail(err[0])}")
-
-
-def load_probe(bpf, fn: str, prog_type: int, what: str):
-    """Load one BPF function (verifier pass) or raise naming the probe with the verifier text."""
-    with captured_stderr() as err:
-        try:
-            return bpf.load_func(fn.encode(), prog_type)
-        except Exception as exc:
-            failure = exc
-    raise SpikeTraceError(f"BPF verifier rejected probe {fn} ({what}): {failure}\n{_tail(err[0])}")
+    lost_by_kind: Dict[str, int] = dataclasses.field(default_factory=dict)  # see Tracer.stats
 
 
 class Tracer:
@@ -218,12 +57,10 @@ class Tracer:
         self.probes: Dict[str, str] = {}
         self.notes: List[str] = []
         self.output = output_backend()
-        self.lost_by_kind: Dict[str, int] = {}
         self.drop_reasons: Dict[int, str] = {}
         self.reset_reasons: Dict[int, str] = {}
         self._bpf = None
         self._progs: Dict[str, object] = {}  # BPF function name -> bcc function (fd)
-        self.missed_by_probe: Dict[str, int] = {}
         self._plan: Optional[probes.Plan] = None
         self._writers: Dict[str, object] = {}
         self._ev_raw: List[bytes] = []
@@ -239,8 +76,7 @@ class Tracer:
     # ---- start ----
     def start(self) -> None:
         """Compile, load and attach every probe; return once all are attached."""
-        preflight()
-        from bcc import BPF
+        host.require_tracing("tracing")
 
         self._plan = probes.plan(disabled=self.config.skip, force=self.force)
         self.probes = dict(self._plan.backends)
@@ -260,7 +96,7 @@ class Tracer:
             self._bpf = None
             raise
         if self.run_dir is not None:
-            from spiketrace.rundir import TableWriter
+            from common.rundir import TableWriter
 
             for table in ("events", "connections", "histograms"):
                 self._writers[table] = TableWriter(self.run_dir, table, prefix="tracer")
@@ -307,7 +143,7 @@ class Tracer:
             ports[ct.c_int(int(p))] = ct.c_uint8(1)
         self.add_pids(self.config.pids)
         if self.config.cgroup:
-            path = _cgroup_path(self.config.cgroup)
+            path = host.resolve_cgroup(self.config.cgroup)
             self._bpf[b"cgroup_filter"][0] = path
 
     def add_pids(self, pids: Sequence[int]) -> None:
@@ -327,7 +163,7 @@ class Tracer:
             self._bpf[b"events"].open_ring_buffer(self._on_ring_record)
         else:
             self._bpf[b"events"].open_perf_buffer(
-                self._on_perf_record, page_cnt=_pages(self.config.ringbuf_pages),
+                self._on_perf_record, page_cnt=pages(self.config.ringbuf_pages),
                 lost_cb=self._on_perf_lost)
 
     # ---- consumption ----
@@ -466,6 +302,30 @@ class Tracer:
         if streaks:
             self._deliver_events(events.decode_events(b"".join(streaks)))
 
+    # ---- counts ----
+    def stats(self) -> TracerStats:
+        """The tracer's counts so far, from the kernel's counters. The one computation of lost
+        evidence: records that did not fit the output buffer (per kind, and connection
+        records), perf-buffer losses, connections left untracked (both their `conns` slots
+        held), and probe runs the kernel skipped (recursion misses). After stop(), the final
+        counts."""
+        if self._bpf is None:
+            return self._stats or TracerStats(0, 0, 0, 0)
+        ctr = self.counters()
+        lost = {name: ctr[events.CTR_LOST_BASE + k] for k, name in events.EVENT_KINDS.items()
+                if ctr[events.CTR_LOST_BASE + k]}
+        if ctr[events.CTR_CONN_LOST]:
+            lost["connection"] = ctr[events.CTR_CONN_LOST]
+        if ctr[events.CTR_CONN_UNTRACKED]:
+            lost["untracked_connection"] = ctr[events.CTR_CONN_UNTRACKED]
+        if self._perf_lost:
+            lost["perf_buffer"] = self._perf_lost
+        for fn, n in self.recursion_misses().items():
+            lost[f"missed:{fn}"] = n
+        return TracerStats(events=self._events, lost_events=sum(lost.values()),
+                           connections_counted=ctr[events.CTR_CONN_COUNTED],
+                           connections_sent=ctr[events.CTR_CONN_SENT], lost_by_kind=lost)
+
     # ---- stop ----
     def stop(self) -> TracerStats:
         """Drain, write histograms, flush the tables, detach everything. Idempotent."""
@@ -480,23 +340,8 @@ class Tracer:
         try:
             self.poll()
             self._flush_pending()
-            ctr = self.counters()
-            self.lost_by_kind = {name: ctr[events.CTR_LOST_BASE + k]
-                                 for k, name in events.KIND_NAMES.items()
-                                 if ctr[events.CTR_LOST_BASE + k]}
-            if ctr[events.CTR_CONN_LOST]:
-                self.lost_by_kind["connection"] = ctr[events.CTR_CONN_LOST]
-            if ctr[events.CTR_CONN_UNTRACKED]:  # both of its slots in `conns` were held
-                self.lost_by_kind["untracked_connection"] = ctr[events.CTR_CONN_UNTRACKED]
-            self.missed_by_probe = self.recursion_misses()
-            for fn, n in self.missed_by_probe.items():
-                self.lost_by_kind[f"missed:{fn}"] = n
             self._write_histograms()
-            self._stats = TracerStats(
-                events=self._events,
-                lost_events=sum(self.lost_by_kind.values()),
-                connections_counted=ctr[events.CTR_CONN_COUNTED],
-                connections_sent=ctr[events.CTR_CONN_SENT])
+            self._stats = self.stats()
         finally:
             for w in self._writers.values():
                 w.flush()
@@ -511,20 +356,3 @@ class Tracer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def _cgroup_path(cgroup: str) -> str:
-    """An absolute cgroup v2 directory for `cgroup` (absolute, or relative to the v2 mount)."""
-    if os.path.isabs(cgroup) and os.path.isdir(cgroup):
-        return cgroup
-    with open("/proc/mounts") as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) > 2 and parts[2] == "cgroup2":
-                path = os.path.join(parts[1], cgroup.lstrip("/"))
-                if os.path.isdir(path):
-                    return path
-    raise SpikeTraceError(f"no cgroup v2 directory '{cgroup}' (give a path under the cgroup2 mount)")
-
-
-# `spiketrace trace --print-bpf` looks the renderer up under this name
-render_bpf = render_source

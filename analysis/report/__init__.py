@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List
 
 import numpy as np
 
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
 
 FORMATS = ("md", "html", "json", "parquet", "terminal")
 DEFAULT_FORMATS = ("md", "html", "json", "parquet")
@@ -42,7 +42,7 @@ def report_exists(path: Path) -> bool:
 def write_reports(run, result, formats=DEFAULT_FORMATS, force: bool = False, out_dir=None) -> List[Path]:
     """Write the chosen report files into the run directory (or `out_dir`); returns their paths.
     Raises SpikeTraceError naming an existing file unless `force`."""
-    from spiketrace import rundir
+    from common import rundir
 
     formats = check_formats(formats)
     target = Path(out_dir) if out_dir is not None else Path(run.path)
@@ -80,8 +80,8 @@ def write_reports(run, result, formats=DEFAULT_FORMATS, force: bool = False, out
 
 
 def explanations_table(result):
-    """explanations.parquet rows in the documented schema (spiketrace.rundir.SCHEMAS)."""
-    from spiketrace import rundir
+    """explanations.parquet rows in the documented schema (common.schema.SCHEMAS)."""
+    from common import rundir
 
     schema = rundir.SCHEMAS["explanations"]
     df = result.explanations

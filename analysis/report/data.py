@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from analysis.context import ALL_CAUSES, CAUSES, fmt_ns
-from analysis.facts import TCP_STATES
+from analysis.context import ALL_CAUSES, CAUSES
+from common.vocab import TCP_STATES, fmt_ns
 
 HTML_SPIKES = 1000  # per-spike rows in report.html (all of them are in explanations.parquet)
 PLOT_SPIKES = 3000  # spike points in the time plot: the worst of each cause, shared fairly

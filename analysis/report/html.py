@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Dict, Iterable, List
 
-from analysis.options import format_ms
+from common.vocab import fmt_ms as format_ms
 from analysis.report.data import (CAUSE_COLORS, HISTOGRAM_HEADER, HISTOGRAM_NOTE, ReportData, source_lines,
                                   histogram_rows, match_text)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import List
 
-from analysis.options import format_ms
+from common.vocab import fmt_ms as format_ms
 from analysis.report.data import (HISTOGRAM_HEADER, HISTOGRAM_NOTE, MD_SPIKES, ReportData, source_lines,
                                   histogram_rows, match_text)
 

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from analysis.options import format_ms
+from common.vocab import fmt_ms as format_ms
 from analysis.report.data import (HISTOGRAM_HEADER, HISTOGRAM_NOTE, TERMINAL_SPIKES, ReportData, source_lines,
                                   histogram_rows, match_text)
 

@@ -1,9 +1,6 @@
 """`spiketrace bench server` / `spiketrace bench client`: the echo benchmark on its own."""
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
-import shutil
 import signal
 import sys
 import time
@@ -11,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
+from common.rundir import write_meta
 
 
 @click.group(name="bench")
@@ -82,24 +80,22 @@ def server(host, port, backlog, linger, model, threads, think_ms, payload, durat
 
 
 def _server_out(out: str) -> Path:
-    from spiketrace.rundir import create_run_dir
+    from common.rundir import create_run_dir
 
     return create_run_dir(out, force=True)  # may hold the client's records of the same run
 
 
 def _server_meta(run_dir: Path, opts, stats) -> None:
     """Add the server's counts to the run's meta.json (creating it if the client has not)."""
-    from spiketrace.rundir import RunMeta, new_meta, write_meta
-    import json
+    from common.rundir import new_meta, now_wall, read_meta, write_meta
 
-    path = run_dir / "meta.json"
     try:
-        meta = RunMeta.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError):
+        meta = read_meta(run_dir)
+    except SpikeTraceError:
         meta = new_meta("bench")
         meta.status = "complete"
-        meta.ended_wall = _now()
-    meta.params["server"] = dataclasses.asdict(opts)
+        meta.ended_wall = now_wall()
+    meta.params.server = opts
     meta.counts["server_connections"] = stats.connections
     write_meta(run_dir, meta)
 
@@ -144,57 +140,46 @@ def client(n, concurrency, payload, rate, connect_retry, connect_timeout, nodela
     """
     from bench.client import ClientOptions, run_clients
     from bench.summary import LatencySummary
-    from spiketrace.rundir import default_run_dir, new_meta, write_meta
+    from spiketrace.recording import Recording
 
     opts = ClientOptions(host=host, port=port, n=n, concurrency=concurrency, payload=payload,
                          rate=rate, connect_retry=connect_retry, nodelay=nodelay,
                          split_writes=split_writes, connect_timeout_s=connect_timeout)
     opts.validate()
-    path = Path(out) if out else default_run_dir("runs", "bench")
-    created = not path.exists()
-    run_dir = _client_out(path, force)
-    meta = new_meta("bench")
-    meta.params["client"] = dataclasses.asdict(opts)
-    write_meta(run_dir, meta)
-
+    path = Path(out) if out else None
+    if path is not None:
+        _replace_transactions(path, force)
+    rec = Recording.create(path, kind="bench", scenario="bench", force=True, keep=("server",))
+    rec.meta.params.client = opts
+    result = None
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-    result, interrupted = None, False
     try:
-        with _Progress(n, payload) as progress:
-            result = run_clients(opts, run_dir, on_progress=progress.update)
+        with rec:
+            rec.ready()
+            with _Progress(n, payload) as progress:
+                result = run_clients(opts, rec.path, on_progress=progress.update)
+            rec.status = "interrupted" if result.interrupted else "complete"
+            rec.meta.params.bench_elapsed_s = result.elapsed_s
+            rec.meta.notes.extend(result.errors)
     except KeyboardInterrupt:  # the workers have flushed: report what is on disk
-        interrupted = True
-    except SpikeTraceError:
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        else:
-            meta.status, meta.ended_wall = "failed", _now()
-            write_meta(run_dir, meta)
-        raise
+        pass
     finally:
         signal.signal(signal.SIGTERM, old_term)
 
-    summary = LatencySummary.from_run(run_dir)
-    interrupted = interrupted or (result is not None and result.interrupted)
-    meta.status = "interrupted" if interrupted else "complete"
-    meta.ended_wall = _now()
-    meta.counts.update(transactions=summary.transactions, ok=summary.ok,
-                       failed=summary.transactions - summary.ok, slow=summary.slow)
-    errors = result.errors if result is not None else []
-    if result is not None:
-        meta.params["client"]["elapsed_s"] = result.elapsed_s
-    meta.notes.extend(errors)
-    write_meta(run_dir, meta)
-
-    for err in errors:
+    meta = rec.meta
+    summary = LatencySummary.from_run(rec.path)
+    meta.counts.update(ok=summary.ok, failed=summary.transactions - summary.ok, slow=summary.slow)
+    write_meta(rec.path, meta)
+    interrupted = meta.status != "complete"
+    for err in (result.errors if result is not None else []):
         click.echo(f"warning: {err}", err=True)
     if interrupted:
         click.echo(f"Interrupted: kept {summary.transactions:,} completed transactions.", err=True)
     rate = result.rate if result is not None and result.elapsed_s > 0 else None
     for line in summary.lines(rate=rate):
         click.echo(line)
-    click.echo(f"Wrote {run_dir}")
-    click.echo(f"Next: spiketrace report {run_dir}")
+    click.echo(f"Wrote {rec.path}")
+    click.echo(f"Next: spiketrace report {rec.path}")
     if interrupted:
         sys.exit(130)
 
@@ -203,21 +188,15 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def _replace_transactions(path: Path, force: bool) -> None:
+    """An existing run directory may hold the server's records of the same run; it must not
+    hold transactions already, unless --force replaces them."""
+    from common.rundir import remove_table, table_parts
 
-
-def _client_out(path: Path, force: bool) -> Path:
-    """Create the run directory; an existing one may hold only the server's records."""
-    from spiketrace.rundir import create_run_dir
-
-    old = path / "transactions.parquet"
-    if old.is_dir() and any(old.glob("*.parquet")):
+    if table_parts(path, "transactions"):
         if not force:
             raise SpikeTraceError(f"{path} already holds transactions (use --force to replace them)")
-        for part in old.glob("*.parquet"):
-            part.unlink()
-    return create_run_dir(path, force=True)
+        remove_table(path, "transactions")
 
 
 class _Progress:

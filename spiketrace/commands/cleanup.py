@@ -20,8 +20,8 @@ def command():
     Examples:
       sudo spiketrace cleanup
     """
-    from spiketrace.errors import require_root
-    from spiketrace.netns import cleanup_leftovers
+    from common.errors import require_root
+    from common.leftovers import cleanup_leftovers
 
     require_root("spiketrace cleanup")
     warnings = []

@@ -28,9 +28,9 @@ def command(run_dir: Path, txn_id: int, threshold: str, relative: str, percentil
     from rich.markup import escape
     from rich.table import Table
 
-    from analysis.context import fmt_ns
+    from common.vocab import fmt_ns
     from analysis.timeline import explain_transaction
-    from spiketrace.rundir import RunDir
+    from common.rundir import RunDir
 
     run = RunDir.open(run_dir)
     console = Console()

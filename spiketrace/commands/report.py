@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
 
 
 def analysis_options(f):
@@ -75,7 +75,7 @@ def command(run_dir: Path, threshold: str, relative: str, percentile, formats: s
 
     from analysis import analyse
     from analysis.report import check_formats, output_paths, print_summary, report_exists, write_reports
-    from spiketrace.rundir import RunDir
+    from common.rundir import RunDir
 
     import dataclasses
 

@@ -95,7 +95,7 @@ def command(ctx, scenario, out, force, threshold, relative, percentile, no_repor
         return
     from analysis import analyse
     from analysis.report import print_summary, write_reports
-    from spiketrace.rundir import RunDir
+    from common.rundir import RunDir
 
     run = RunDir.open(outcome.run_dir)
     with console.status("analysing"):

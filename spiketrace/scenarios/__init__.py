@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
 from spiketrace.scenarios.base import Injection, Scenario, write_ground_truth
 from spiketrace.scenarios.config import NagleDelayedAck, PortExhaustion
 from spiketrace.scenarios.cpuhog import CpuContention

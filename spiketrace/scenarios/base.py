@@ -5,9 +5,12 @@ import dataclasses
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
 
-from spiketrace import netns as _netns
+from common import leftovers
+
+if TYPE_CHECKING:
+    from common.netns import Namespace
 
 GT_COLUMNS = ("t_ns", "kind", "saddr", "sport", "daddr", "dport", "detail")
 
@@ -24,7 +27,7 @@ def write_ground_truth(run_dir: os.PathLike, rows: List[Dict[str, Any]]) -> Path
     """Write `ground_truth.parquet` (replacing it); an empty table means "nothing injected"."""
     import pyarrow as pa
 
-    from spiketrace.rundir import SCHEMAS, write_table
+    from common.rundir import SCHEMAS, write_table
 
     schema = SCHEMAS["ground_truth"]
     table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["t_ns"]), schema=schema)
@@ -34,9 +37,9 @@ def write_ground_truth(run_dir: os.PathLike, rows: List[Dict[str, Any]]) -> Path
 
 def read_transactions(run_dir: os.PathLike, columns: List[str]):
     """The run's transactions table (those columns), or None if the clients wrote none."""
-    from spiketrace.rundir import RunDir, RunMeta
+    from common.rundir import RunDir, Meta
 
-    run = RunDir(path=Path(run_dir), meta=RunMeta())
+    run = RunDir(path=Path(run_dir), meta=Meta())
     if not run.has("transactions"):
         return None
     return run.table("transactions", columns=columns)
@@ -50,7 +53,7 @@ class Injection:
     Attributes for the orchestrator: `cgroup` (a cgroup v2 path the clients were put in, or
     None), `params` (what was injected, for meta.json), `notes` (remarks for meta.json)."""
 
-    def __init__(self, scenario: "Scenario", ns: "_netns.Namespace", run_dir: Path,
+    def __init__(self, scenario: "Scenario", ns: "Namespace", run_dir: Path,
                  port: int, params: Dict[str, Any]):
         self.scenario = scenario
         self.ns = ns
@@ -63,6 +66,16 @@ class Injection:
         self._pid_records: List[dict] = []
         self._lock = threading.Lock()
         self._done = False
+
+    initial_rto_ms: Optional[float] = None  # the initial SYN RTO the injection imposes, if any
+
+    def describe(self):
+        """What was injected, for meta.json (`params.scenario`)."""
+        from common.meta import ScenarioParams
+
+        settings = {k: v for k, v in self.params.items() if k != "scenario"}
+        return ScenarioParams(name=self.scenario.name, initial_rto_ms=self.initial_rto_ms,
+                              settings=settings)
 
     # -- hooks for subclasses ------------------------------------------------------------------
     def install(self) -> None:
@@ -84,7 +97,7 @@ class Injection:
         recorded in the state file so `spiketrace cleanup` can kill them after a crash."""
         pids = [int(p) for p in pids]
         with self._lock:
-            self._pid_records += _netns.track_pids(pids, role)
+            self._pid_records += leftovers.track_pids(pids, role)
         self.on_pids(pids, role)
 
     def teardown(self) -> int:
@@ -98,8 +111,8 @@ class Injection:
         finally:
             self.uninstall()
             gone = [r for r in self._pid_records
-                    if not _netns.same_process(r["pid"], r["starttime"])]
-            _netns.untrack_pids(gone)
+                    if not leftovers.same_process(r["pid"], r["starttime"])]
+            leftovers.untrack_pids(gone)
         self.ground_truth_rows = rows
         write_ground_truth(self.run_dir, rows)
         return len(rows)
@@ -127,14 +140,14 @@ class Scenario:
     params: Dict[str, Any] = dataclasses.field(default_factory=dict)  # injector defaults
     injection_class: Callable[..., Injection] = Injection
 
-    def setup(self, ns: "_netns.Namespace", run_dir: os.PathLike, port: Optional[int] = None,
+    def setup(self, ns: "Namespace", run_dir: os.PathLike, port: Optional[int] = None,
               **params: Any) -> Injection:
         """Install this scenario's fault in `ns` for a server on `port` (default: the port of
         `server_overrides`, else 9999). `params` override the injector defaults (`self.params`).
         Returns the Injection; call its `teardown()` in a finally."""
         unknown = set(params) - set(self.params)
         if unknown:
-            from spiketrace.errors import SpikeTraceError
+            from common.errors import SpikeTraceError
 
             raise SpikeTraceError(
                 f"scenario {self.name} has no parameter {', '.join(sorted(unknown))} "

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import List
 
-from spiketrace import netns as _netns
-from spiketrace.errors import SpikeTraceError
+from common import leftovers
+from common.errors import SpikeTraceError
 from spiketrace.scenarios.base import Injection, gt_row, read_transactions
 
 
@@ -67,13 +67,13 @@ class CpuContention(Injection):
         for i in range(int(p["hogs"])):
             fd, log = tempfile.mkstemp(prefix="spiketrace-hog-", suffix=".log")
             os.close(fd)
-            _netns.track("files", log)
+            leftovers.track("files", log)
             proc = subprocess.Popen(
                 [sys.executable, script, "--cpu", str(cpu), "--start-delay-ms", str(p["start_delay_ms"]),
                  "--burst-ms", str(p["burst_ms"]), "--period-ms", str(p["period_ms"]),
                  "--duration-s", str(p["duration_s"]), "--policy", str(p["policy"]),
                  "--out", log], stdin=subprocess.DEVNULL, close_fds=True)
-            rec = _netns.track_pids([proc.pid], "cpu-hog")
+            rec = leftovers.track_pids([proc.pid], "cpu-hog")
             self.hogs.append((proc, log, rec))
 
     def on_pids(self, pids, role):
@@ -114,7 +114,7 @@ class CpuContention(Injection):
             if proc.poll() is None:
                 proc.kill()  # by pid: our own child, still unreaped, so the pid is its
             proc.wait()
-            _netns.untrack_pids(rec)
+            leftovers.untrack_pids(rec)
 
     def uninstall(self) -> None:
         self._stop_hogs()
@@ -123,4 +123,4 @@ class CpuContention(Injection):
                 os.unlink(log)
             except FileNotFoundError:
                 pass
-            _netns.untrack("files", log)
+            leftovers.untrack("files", log)

@@ -6,26 +6,26 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional
 
-from spiketrace import netns as _netns
-from spiketrace.errors import SpikeTraceError
+from common import leftovers
+from common.errors import SpikeTraceError
 from spiketrace.scenarios.tcfault import SynLoss, bpf_source
 
 
 def cgroup2_mount() -> Path:
-    """Where the unified (v2) hierarchy is mounted, from /proc/mounts."""
-    with open("/proc/mounts") as fh:
-        for line in fh:
-            fields = line.split()
-            if len(fields) > 2 and fields[2] == "cgroup2":
-                return Path(fields[1])
+    """Where the unified (v2) hierarchy is mounted."""
+    from tracer.host import mounts
+
+    for point, fs in mounts():
+        if fs == "cgroup2":
+            return Path(point)
     raise SpikeTraceError("no cgroup v2 hierarchy is mounted (needed for sock_ops); "
                           "mount one: mount -t cgroup2 none /sys/fs/cgroup/unified")
 
 
 def kernel_hz() -> int:
-    from spiketrace.rundir import _kernel_hz
+    from common import meta
 
-    hz = _kernel_hz()
+    hz = meta.kernel_hz()
     if not hz:
         raise SpikeTraceError("cannot find the kernel's CONFIG_HZ (no /proc/config.gz or "
                               "/boot/config-*): the sock_ops RTO is in jiffies")
@@ -56,7 +56,7 @@ class SockOpsRto:
             self.fn = self.bpf.load_func(b"legacy_rto", BPF.SOCK_OPS)
         except Exception as exc:
             raise SpikeTraceError(f"sock_ops program {src.name} failed to load: {exc}")
-        _netns.track("cgroups", str(self.path))
+        leftovers.track("cgroups", str(self.path))
         try:
             self.path.mkdir(exist_ok=True)
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
@@ -101,9 +101,9 @@ class SockOpsRto:
                 finally:
                     os.close(fd)
         try:
-            _netns.remove_cgroup(str(self.path))
+            leftovers.remove_cgroup(str(self.path))
         finally:
-            _netns.untrack("cgroups", str(self.path))
+            leftovers.untrack("cgroups", str(self.path))
             if self.bpf is not None:
                 self.bpf.cleanup()
                 self.bpf = None
@@ -125,6 +125,7 @@ class LegacyRto(SynLoss):
         self.rto = SockOpsRto(f"{self.ns.name}-legacy-rto", float(self.params["rto_ms"]),
                               self.port).attach()
         self.cgroup = str(self.rto.path)
+        self.initial_rto_ms = float(self.params["rto_ms"])
         self.params.update(rto_jiffies=self.rto.jiffies, hz=self.rto.hz)
 
     def on_pids(self, pids, role):

@@ -8,8 +8,8 @@ import struct
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from spiketrace import netns as _netns
-from spiketrace.errors import SpikeTraceError
+from common import leftovers
+from common.errors import SpikeTraceError
 from spiketrace.scenarios.base import Injection, gt_row
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "tracer" / "bpf"
@@ -91,7 +91,7 @@ class TcFault:
             fn = self.bpf.load_func(b"classify", BPF.SCHED_CLS)
         except Exception as exc:
             raise SpikeTraceError(f"tc classifier {src.name} ({self.mode}) failed to load: {exc}")
-        _netns.track("tc", self._tc_item)
+        leftovers.track("tc", self._tc_item)
         try:
             with IPRoute(netns=self.netns_name) as ipr:
                 idx = ipr.link_lookup(ifname=self.ifname)[0]
@@ -126,9 +126,9 @@ class TcFault:
         if self.bpf is not None:
             self._read()
         try:
-            _netns.remove_tc(self.netns_name, self.ifname)
+            leftovers.remove_tc(self.netns_name, self.ifname)
         finally:
-            _netns.untrack("tc", self._tc_item)
+            leftovers.untrack("tc", self._tc_item)
             if self.bpf is not None:
                 self.bpf.cleanup()
                 self.bpf = None

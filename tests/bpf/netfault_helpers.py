@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
-from spiketrace.netns import Namespace
+from common.netns import Namespace
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 9999  # fine: every test has its own namespace
@@ -128,7 +128,7 @@ def connect_concurrently(ns: Namespace, n: int, port: int = PORT, send: int = 0,
 # once, prints {port: connect seconds} as JSON.
 _CLIENT = r"""
 import json, socket, sys, threading, time
-from spiketrace.netns import enter_netns
+from common.netns import enter as enter_netns
 enter_netns(sys.argv[1]); port, n = int(sys.argv[2]), int(sys.argv[3])
 sys.stdin.readline()
 out = {}

@@ -10,9 +10,9 @@ import time
 import pandas as pd
 import pytest
 
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
 from tracer.counters import CounterSampler, read_counters, read_tcp_sysctls
-from tracer.sockdiag import run_in_netns
+from common.netns import run_in as run_in_netns
 
 pytestmark = pytest.mark.bpf
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from netfault_helpers import ROOT
-from spiketrace.netns import proc_starttime
+from common.leftovers import proc_starttime
 from spiketrace.scenarios import SCENARIOS
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("private_state_dir")]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from netfault_helpers import PORT, Server, private_ns
-from spiketrace.rundir import TableWriter
+from common.rundir import TableWriter
 from spiketrace.scenarios import SCENARIOS
 from tests.bpf.tracer_helpers import read_table, start_tracer
 from tracer.session import TracerConfig

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from netfault_helpers import ROOT, private_ns
-from spiketrace import netns as N
-from spiketrace.errors import SpikeTraceError
+from common import leftovers as L
+from common import netns as N
+from common.errors import SpikeTraceError
 
 pytestmark = pytest.mark.bpf
 
@@ -67,7 +68,7 @@ def test_unknown_sysctl_fails_cleanly():
 
 def test_enter_netns_in_child_process():
     with private_ns("enter") as ns:
-        code = ("import os,sys; from spiketrace.netns import enter_netns; enter_netns(sys.argv[1]); "
+        code = ("import os,sys; from common.netns import enter; enter(sys.argv[1]); "
                 "print(os.stat('/proc/self/ns/net').st_ino)")
         out = subprocess.run([sys.executable, "-c", code, ns.name], capture_output=True, text=True,
                              env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True).stdout
@@ -81,7 +82,8 @@ def test_enter_netns_in_child_process():
 # says "ready" and waits to be SIGKILLed.
 _VICTIM = r"""
 import os, subprocess, sys, time
-from spiketrace.netns import Namespace, track_pids
+from common.netns import Namespace
+from common.leftovers import track_pids
 from spiketrace.scenarios.tcfault import TcFault
 from spiketrace.scenarios.legacy_rto import SockOpsRto
 ns = Namespace.create(sys.argv[1], {})
@@ -113,15 +115,15 @@ def test_cleanup_removes_what_a_sigkilled_run_left(private_state_dir):
         sleeper, cgroup = int(line[0]), Path(line[1])
         # a live run's state must be left alone
         with private_ns("alive") as alive:
-            assert N.cleanup_leftovers() == []
+            assert L.cleanup_leftovers() == []
             victim.send_signal(signal.SIGKILL)
             victim.wait()
             # the leftovers are really there
             assert os.path.exists(f"/var/run/netns/{name}")
             assert _tc_filters(name)
             assert cgroup.is_dir()
-            assert N.proc_starttime(sleeper) is not None
-            removed = N.cleanup_leftovers()
+            assert L.proc_starttime(sleeper) is not None
+            removed = L.cleanup_leftovers()
             text = "\n".join(removed)
             assert f"process {sleeper}" in text
             assert f"tc clsact filters on lo in {name}" in text
@@ -130,19 +132,19 @@ def test_cleanup_removes_what_a_sigkilled_run_left(private_state_dir):
             assert not os.path.exists(f"/var/run/netns/{name}")
             assert not cgroup.exists()
             time.sleep(0.05)
-            assert N.proc_starttime(sleeper) is None
+            assert L.proc_starttime(sleeper) is None
             assert not (private_state_dir / f"state-{victim.pid}.json").exists()
             # the live namespace survived
             assert os.path.exists(f"/var/run/netns/{alive.name}")
-            assert N.cleanup_leftovers() == []
+            assert L.cleanup_leftovers() == []
     finally:
         if victim.poll() is None:
             victim.kill()
             victim.wait()
-        if sleeper and N.proc_starttime(sleeper) is not None:
+        if sleeper and L.proc_starttime(sleeper) is not None:
             os.kill(sleeper, signal.SIGKILL)
-        N._remove_netns(name)
-        N.remove_cgroup(str(N.Path("/sys/fs/cgroup/unified") / (name + "-cg")))
+        N.remove_netns(name)
+        L.remove_cgroup(str(Path("/sys/fs/cgroup/unified") / (name + "-cg")))
 
 
 def test_cleanup_never_kills_a_recycled_pid(private_state_dir):
@@ -151,10 +153,10 @@ def test_cleanup_never_kills_a_recycled_pid(private_state_dir):
     try:
         private_state_dir.mkdir(parents=True, exist_ok=True)
         doc = {"owner": {"pid": 999999999, "starttime": 1},
-               "pids": [{"pid": other.pid, "starttime": N.proc_starttime(other.pid) + 1, "role": "client"}],
+               "pids": [{"pid": other.pid, "starttime": L.proc_starttime(other.pid) + 1, "role": "client"}],
                "netns": [], "tc": [], "cgroups": [], "files": []}
         (private_state_dir / "state-999999999.json").write_text(json.dumps(doc))
-        assert N.cleanup_leftovers() == []
+        assert L.cleanup_leftovers() == []
         assert other.poll() is None
         assert not (private_state_dir / "state-999999999.json").exists()
     finally:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from spiketrace.rundir import RunDir
+from common.rundir import RunDir
 from tracer.counters import read_counters
-from tracer.sockdiag import run_in_netns
+from common.netns import run_in as run_in_netns
 
 pytestmark = pytest.mark.bpf
 

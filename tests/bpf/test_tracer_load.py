@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
 from tracer import probes
-from tracer.session import TracerConfig, compile_bpf, load_probe, render_source
+from tracer.compile import compile_bpf, load_probe, render_source
+from tracer.session import TracerConfig
 
 pytestmark = pytest.mark.bpf
 

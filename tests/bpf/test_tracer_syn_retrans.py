@@ -17,7 +17,7 @@ import pytest
 from tests.bpf.tracer_helpers import (BccTool, Worker, netstat, private_netns, random_port,
                                       read_table, start_tracer)
 from tracer.btf import netns_inum_of
-from tracer.events import TCP_STATES
+from common.vocab import TCP_STATES
 from tracer.session import TracerConfig
 
 pytestmark = pytest.mark.bpf

@@ -21,7 +21,7 @@ WORKER = Path(__file__).with_name("tracer_worker.py")
 @contextlib.contextmanager
 def private_netns(tag: str) -> Iterator[str]:
     """A fresh network namespace with lo up, removed on exit."""
-    from spiketrace.netns import Namespace
+    from common.netns import Namespace
 
     with Namespace.create(f"sttest-tracer-{tag}-{os.getpid()}") as namespace:
         yield namespace.name
@@ -119,7 +119,7 @@ class BccTool:
 
 
 def read_table(run_dir: Path, table: str) -> pd.DataFrame:
-    from spiketrace.rundir import SCHEMAS
+    from common.rundir import SCHEMAS
 
     path = run_dir / f"{table}.parquet"
     if not path.is_dir() or not any(path.glob("*.parquet")):

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from spiketrace.netns import Namespace, enter_netns
-from spiketrace.rundir import RunDir
+from common.netns import Namespace, enter as enter_netns
+from common.rundir import RunDir
 
 pytestmark = pytest.mark.bpf
 

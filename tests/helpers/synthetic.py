@@ -1,5 +1,5 @@
 """Build small synthetic run directories from the documented schemas (docs/run-directory.md),
-through spiketrace.rundir, for analysis and report tests; and large ones for the benchmark.
+through common.rundir, for analysis and report tests; and large ones for the benchmark.
 
     run = SyntheticRun(tmp_path / "run")
     run.normal(50)                                   # 50 ordinary 0.3 ms transactions
@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from spiketrace import rundir
+from common import rundir
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -47,6 +47,8 @@ class SyntheticRun:
         server = {"port": server_port, "backlog": backlog} if backlog is not None else {"port": server_port}
         self.meta.params = params if params is not None else {
             "server": server, "client": {"split_writes": False, "nodelay": False}}
+        if scenario == "legacy-rto" and params is None:  # what the legacy-rto injection records
+            self.meta.params["scenario"] = {"name": scenario, "initial_rto_ms": 3000.0}
         self.meta.probes = probes if probes is not None else {
             "retransmit": "tracepoint", "synack_retransmit": "tracepoint", "state": "tracepoint",
             "drop": "tracepoint", "reset": "tracepoint", "connect_error": "tracepoint",

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from spiketrace import rundir
+from common import rundir
 
 MS = 1_000_000
 S = 1_000_000_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from analysis import AnalysisOptions, analyse
-from spiketrace.rundir import RunDir
+from common.rundir import RunDir
 from tests.helpers.synthetic import MS, S, SyntheticRun
 
 

@@ -11,9 +11,10 @@ from analysis import AnalysisOptions, analyse
 from analysis.decompose import attribute
 from analysis.facts import syn_retransmit_times_s
 from analysis.options import parse_duration_ms, parse_percentile, parse_relative
-from spiketrace import rundir
-from spiketrace.errors import SpikeTraceError
-from spiketrace.rundir import RunDir
+from common.meta import FORMAT_VERSION
+from common import rundir
+from common.errors import SpikeTraceError
+from common.rundir import RunDir
 from tests.helpers.synthetic import MS, S, SyntheticRun
 
 
@@ -124,7 +125,7 @@ def test_truncated_part_names_the_file(tmp_path):
     path = run.write()
     part = next((path / "events.parquet").glob("*.parquet"))
     part.write_bytes(part.read_bytes()[:100])
-    with pytest.raises(SpikeTraceError, match=rf"{part.name}: unreadable or truncated"):
+    with pytest.raises(SpikeTraceError, match=rf"{part.name}: unreadable, truncated or damaged"):
         analyse(RunDir.open(path))
 
 
@@ -133,7 +134,7 @@ def test_newer_format_version_is_refused(tmp_path):
     run.normal(5)
     path = run.write()
     meta = json.loads((path / "meta.json").read_text())
-    meta["format_version"] = rundir.FORMAT_VERSION + 1
+    meta["format_version"] = FORMAT_VERSION + 1
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(SpikeTraceError, match=r"meta\.json: format version .* is newer"):
         RunDir.open(path)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from analysis import AnalysisOptions, analyse
-from spiketrace.rundir import RunDir
+from common.rundir import RunDir
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -42,3 +42,17 @@ def test_analysis_never_imports_bcc():
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True,
                          check=True).stdout
     assert json.loads(out) == []
+
+
+def test_golden_runs_are_explained_as_recorded():
+    """Every explanation of the golden runs, word for word and ns for ns, as in
+    tests/data/golden-explanations.json (regenerate it on purpose: tests/helpers/golden.py)."""
+    from tests.helpers.golden import GOLDEN, explanations
+
+    expected = json.loads(GOLDEN.read_text())
+    got = explanations()
+    assert set(got) == set(expected)
+    for name in expected:
+        assert len(got[name]) == len(expected[name]), name
+        for want, have in zip(expected[name], got[name]):
+            assert have == want, f"{name} transaction {want['txn_id']}"

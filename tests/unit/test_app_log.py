@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from analysis import analyse
 from analysis.applog import read_app_log
 from spiketrace.commands.report import command as report_cmd
-from spiketrace.errors import SpikeTraceError
-from spiketrace.rundir import RunDir
+from common.errors import SpikeTraceError
+from common.rundir import RunDir
 from tests.helpers.trace_synthetic import MS, S, US, ClosedLoopApp, TraceRun
 
 SPIKES = {(0, 30): 1.0, (0, 31): 1.0, (0, 200): 2.0, (1, 5): 1.0, (1, 250): 1.0}

@@ -12,8 +12,8 @@ import pytest
 
 from bench.client import ClientOptions, run_clients
 from bench.server import ServerOptions, start_server_process
-from spiketrace.errors import SpikeTraceError
-from spiketrace.rundir import SCHEMAS
+from common.errors import SpikeTraceError
+from common.rundir import SCHEMAS
 
 N = 120
 PHASES = ["t_start", "t_connected", "t_reply1", "t_reply2", "t_end"]

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from bench._records import RowBuffer
 from bench.client import FIELDS
-from spiketrace.rundir import SCHEMAS, TableWriter
+from common.rundir import SCHEMAS, TableWriter
 
 
 def _anon_rss_mb() -> float:

@@ -17,7 +17,7 @@ import pytest
 
 from analysis import analyse
 from analysis.applog import read_app_log
-from spiketrace.rundir import RunDir
+from common.rundir import RunDir
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "original-trace"
 

@@ -11,11 +11,11 @@ from rich.console import Console
 
 from analysis import analyse
 from analysis.report import print_summary, write_reports
-from spiketrace import rundir
+from common import rundir
 from spiketrace.commands.explain import command as explain_cmd
 from spiketrace.commands.report import command as report_cmd
-from spiketrace.errors import SpikeTraceError
-from spiketrace.rundir import RunDir
+from common.errors import SpikeTraceError
+from common.rundir import RunDir
 from tests.helpers.synthetic import MS, S, SyntheticRun
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from analysis import analyse
 from analysis.report import write_reports
-from spiketrace.rundir import RunDir
+from common.rundir import RunDir
 from tests.helpers.synthetic import MS, S, SyntheticRun
 
 CHROMIUM = "/usr/bin/chromium"
@@ -24,7 +24,7 @@ def report(tmp_path_factory):
     run.meta.command = ["spiketrace", "run", "--out", EVIL_PATH]
     run.meta.notes = [EVIL]
     run.meta.probes["retransmit"] = EVIL
-    run.meta.extra["drop_reasons"] = {"5": EVIL}
+    run.meta.drop_reasons = {"5": EVIL}
     run.normal(60)
     for k in range(3):
         t = run.txn(connect_ms=1000.1 + k)

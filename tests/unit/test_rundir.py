@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from spiketrace import rundir
-from spiketrace.errors import SpikeTraceError
+from common.meta import FORMAT_VERSION
+from common import rundir
+from common.errors import SpikeTraceError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "run-directory.md"
 
@@ -28,7 +29,7 @@ def test_doc_lists_every_column_of_every_table():
 
 def test_meta_keys_are_documented():
     text = DOC.read_text()
-    for key in rundir.RunMeta().to_dict():
+    for key in rundir.Meta().to_dict():
         if key == "extra":
             continue
         assert f"`{key}`" in text, f"meta.json key {key} is not documented"
@@ -60,7 +61,7 @@ def test_round_trip_through_parts(tmp_path):
 
 
 def test_meta_clock_anchor_converts_to_wall_time():
-    meta = rundir.RunMeta(clock_monotonic_ns=1_000_000_000, clock_wall_ns=1_700_000_000_000_000_000)
+    meta = rundir.Meta(clock_monotonic_ns=1_000_000_000, clock_wall_ns=1_700_000_000_000_000_000)
     assert meta.wall_time(3_000_000_000).timestamp() == pytest.approx(1_700_000_002.0)
 
 
@@ -68,9 +69,9 @@ def test_newer_format_version_is_refused_naming_the_file(tmp_path):
     run_path = tmp_path / "run"
     _write_run(run_path, 1)
     data = json.loads((run_path / "meta.json").read_text())
-    data["format_version"] = rundir.FORMAT_VERSION + 1
+    data["format_version"] = FORMAT_VERSION + 1
     (run_path / "meta.json").write_text(json.dumps(data))
-    with pytest.raises(SpikeTraceError, match=r"meta\.json: format version 2 is newer"):
+    with pytest.raises(SpikeTraceError, match=rf"meta\.json: format version {FORMAT_VERSION + 1} is newer"):
         rundir.RunDir.open(run_path)
 
 
@@ -115,7 +116,7 @@ def test_sigkilled_writer_keeps_every_flushed_part(tmp_path):
     """A writer killed outright leaves only whole parts (no .tmp is read as data)."""
     code = f"""
 import os, signal
-from spiketrace import rundir
+from common import rundir
 w = rundir.TableWriter({str(tmp_path)!r}, "transactions", chunk_rows=100)
 for i in range(250):
     w.append({{"id": i, "outcome": "ok"}})

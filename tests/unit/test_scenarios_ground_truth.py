@@ -6,7 +6,7 @@ import os
 
 import pandas as pd
 
-from spiketrace.rundir import SCHEMAS, TableWriter
+from common.rundir import SCHEMAS, TableWriter
 from spiketrace.scenarios import SCENARIOS
 from spiketrace.scenarios.base import write_ground_truth
 from spiketrace.scenarios.cpuhog import CpuContention, read_windows

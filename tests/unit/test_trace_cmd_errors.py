@@ -88,7 +88,7 @@ def test_without_bcc(tmp_path):
         empty.mkdir()
         line = trace(["--port", "9999"], tmp_path / "run",
                      shell_setup=f"mount --bind {empty} {proc.stdout.strip()}")
-    assert "BCC is not usable" in line and "install.sh" in line and "spiketrace doctor" in line
+    assert "bcc Python module is not usable" in line and "install.sh" in line and "spiketrace doctor" in line
 
 
 @pytest.mark.skipif(not ROOT, reason="needs root to unmount tracefs in a private mount namespace")

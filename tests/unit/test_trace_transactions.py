@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from analysis import AnalysisOptions, analyse
 from analysis.kernel import hist_median_ns, hist_percentile, kernel_connections, range_text
-from spiketrace import rundir
+from common import rundir
 from spiketrace.commands.report import command as report_cmd
-from spiketrace.rundir import RunDir
+from common.rundir import RunDir
 from tests.helpers.trace_synthetic import ACCEPTED, MS, RESET, S, SLOW_LIFETIME, US, ClosedLoopApp, TraceRun
 
 

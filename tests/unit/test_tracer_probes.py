@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from spiketrace.errors import SpikeTraceError
+from common.errors import SpikeTraceError
 from tracer import btf, probes
 
 needs_btf = pytest.mark.skipif(not os.access(btf.VMLINUX_BTF, os.R_OK),
@@ -65,9 +65,11 @@ def test_forced_kprobe_is_compiled_where_it_cannot_attach(tmp_path, monkeypatch)
 
 
 def test_missing_tracefs_points_to_doctor(monkeypatch):
-    monkeypatch.setattr(probes, "TRACEFS_CANDIDATES", ("/nonexistent/tracing",))
-    with pytest.raises(SpikeTraceError, match="spiketrace doctor"):
-        probes.tracefs()
+    from tracer import host
+
+    monkeypatch.setattr(host, "TRACEFS_CANDIDATES", ("/nonexistent/tracing",))
+    with pytest.raises(SpikeTraceError, match="tracefs is not mounted.*spiketrace doctor"):
+        probes.plan()
 
 
 @needs_btf

@@ -1,7 +1,8 @@
 /* common.h — maps, scoping, socket and packet reads, event output (BPF side only).
- * The logic of the probes is in handlers.h.
+ * The logic of the probes is in handlers.h. Over 400 lines on purpose: the maps and the helpers
+ * every probe inlines are read together (BCC rewrites map accesses only in the main file).
  *
- * Defines given by tracer/session.py (render_source):
+ * Defines given by tracer/compile.py (render_source):
  *   OFF_*            kernel struct offsets from BTF (tracer/btf.py); no kernel struct is
  *                    dereferenced by name because the installed headers may not match.
  *   TPO_<event>_<field>  tracepoint record offsets read from tracefs (tracer/probes.py).

@@ -2,7 +2,8 @@
  *
  * Each probe (tcp.c: tracepoints, rawtp.c: raw tracepoints, kprobes.c) only takes its
  * arguments out of a record or out of pt_regs and calls a handle_*() here, so a tracepoint and
- * its fallbacks share one body.
+ * its fallbacks share one body. Over 400 lines on purpose: BCC rewrites map accesses only in
+ * the main file, so every handler is inlined into it from one header.
  *
  * Tuples are lazy: a tracepoint record carries the 4-tuple (have = 1), a raw tracepoint or a
  * kprobe has only the socket (have = 0) and reads it through BTF offsets only when needed; most

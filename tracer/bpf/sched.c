@@ -87,7 +87,7 @@ static __always_inline int handle_switch_out(void *ctx)
 	t->run_delay = si.run_delay;
 	if (n != 1)
 		return 0; /* no wait (pcount moves only after one), or a switch-out missed */
-	hist_add(HIST_RUNQ, d);
+	hist_add(HIST_RUNQ_DELAY, d);
 	if (d > RUNQ_THRESHOLD_NS) {
 		struct st_event ev;
 		u64 ran[2] = {}; /* se.sum_exec_runtime, se.prev_sum_exec_runtime */

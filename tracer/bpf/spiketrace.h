@@ -10,7 +10,7 @@
 
 #include <linux/types.h>
 
-/* Event kinds (events.parquet `kind`; names in tracer/events.py KIND_NAMES). */
+/* Event kinds (events.parquet `kind`; names in common/vocab.py EVENT_KINDS). */
 #define KIND_RETRANSMIT 1        /* data or SYN retransmit; state tells which; reason = err */
 #define KIND_SYNACK_RETRANSMIT 2 /* listener retransmitted a SYN-ACK */
 #define KIND_STATE_CHANGE 3      /* every TCP state change of traced ports (all_events only) */
@@ -21,7 +21,9 @@
 #define KIND_ACCEPT_WAIT 8       /* value = ns from server-side ESTABLISHED to accept() */
 #define KIND_RUNQ_DELAY 9        /* value = ns runnable but not running, value2 = cpu */
 #define KIND_TIME_WAIT 10        /* the socket entered TIME_WAIT (inferred or tcp_time_wait) */
-#define KIND_MAX 11
+#define KIND_LISTEN_OVERFLOW 11  /* a SYN or final ACK met a full accept queue (kprobe);
+				  * value = queue length, value2 = backlog; local = the listener */
+#define KIND_MAX 12
 
 /* Slots of the per-CPU `counters` array. */
 #define CTR_CONN_COUNTED 0  /* connections tracked to their close */
@@ -37,7 +39,7 @@
 #define HIST_CONNECT 0      /* client SYN_SENT -> ESTABLISHED */
 #define HIST_LIFETIME 1     /* first seen state -> CLOSE */
 #define HIST_ACCEPT_WAIT 2  /* server-side ESTABLISHED -> accept() */
-#define HIST_RUNQ 3         /* runnable -> running (sched_info), traced threads */
+#define HIST_RUNQ_DELAY 3   /* runnable -> running (sched_info), traced threads */
 #define HIST_N 4
 #define HIST_BUCKETS 64
 
