@@ -19,7 +19,11 @@ def detect_data_retransmit(ctx: Context) -> None:
     FACT rto-min: an RTO never fires earlier than TCP_RTO_MIN (200 ms) after the send, so an
     earlier first retransmit is a tail loss probe."""
     ev = ctx.spike_events(["retransmit"])
-    ev = ev[~ev["state"].isin(facts.HANDSHAKE_STATES) & (ev["side"] != "")]
+    # FACT tlp-after-close: a segment retransmitted once its sender had closed (FIN_WAIT1,
+    # CLOSING, LAST_ACK: a tail loss probe of the FIN or of data the peer already has) is
+    # close-time noise, not a lost request or reply
+    ev = ev[~ev["state"].isin(facts.HANDSHAKE_STATES) & ~ev["state"].isin(facts.CLOSING_STATES)
+            & (ev["side"] != "")]
     _infer_data_retransmit(ctx, exclude=ev["ti"].to_numpy())
     if len(ev) == 0:
         return
@@ -61,8 +65,13 @@ def _infer_data_retransmit(ctx: Context, exclude: np.ndarray) -> None:
     was recorded: the segment was retransmitted (tcp:tcp_retransmit_skb does not report every
     tail loss probe). The exchange's time from the drop on is the retransmit's; inferred."""
     drops = ctx.spike_events(["drop"])
+    names = facts.drop_reason_names(ctx.meta)
+    # a duplicate the receiver already had (TCP_OLD_DATA), or a segment that reached a socket
+    # after a close (CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE...), was not lost data
+    duplicate = drops["reason"].map(lambda r: names.get(int(r), "").endswith("TCP_OLD_DATA")).to_numpy(dtype=bool)
+    after_close = drops["state"].isin(facts.CLOSING_STATES + (facts.CLOSE_WAIT,)).to_numpy()
     drops = drops[~drops["state"].isin(facts.HANDSHAKE_STATES) & (drops["side"] != "")
-                  & ~drops["ti"].isin(exclude)]
+                  & ~drops["ti"].isin(exclude) & ~duplicate & ~after_close]
     if len(drops) == 0:
         return
     drops = drops.sort_values("t_ns", kind="stable").drop_duplicates("ti")
@@ -79,7 +88,6 @@ def _infer_data_retransmit(ctx: Context, exclude: np.ndarray) -> None:
         return
     ti, a, b, phase, drops = ti[ok], a[ok], b[ok], phase[ok], drops[ok]
     tlp = probes[ok] > 0
-    names = facts.drop_reason_names(ctx.meta)
     sentences, shorts = [], []
     for k in range(len(ti)):
         client = drops["side"].iat[k] == "server"  # s = the receiver: the server got the request

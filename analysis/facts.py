@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional
 
-from common.vocab import (CLOSING_STATES, EADDRNOTAVAIL, ECONNREFUSED, ECONNRESET,  # noqa: F401
+from common.vocab import (CLOSE_WAIT, CLOSING_STATES, EADDRNOTAVAIL, ECONNREFUSED, ECONNRESET,  # noqa: F401
                           ESTABLISHED, ETIMEDOUT, HANDSHAKE_STATES, NEW_SYN_RECV, SYN_RECV,
                           SYN_SENT, TCP_STATES, describe_drop)
 

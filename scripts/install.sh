@@ -4,12 +4,14 @@
 # works. Idempotent: run it as often as you like.
 #
 #   sudo scripts/install.sh           # what `spiketrace run` needs
-#   sudo scripts/install.sh --test    # plus what the test suite needs (chromium, shellcheck, vagrant)
+#   sudo scripts/install.sh --test    # plus what the tests need (chromium, shellcheck, vagrant, and
+#                                     # for scripts/kernel-matrix.sh qemu, virtme-ng, kmod, udev, busybox)
 #   SPIKETRACE_INSTALL_DRY_RUN=1 scripts/install.sh   # print what would change; change nothing
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 with_test=0
+kernel_matrix=0  # set by the apt path with --test: the kernel matrix fetches Debian's kernels
 for arg in "$@"; do
     case "$arg" in
         --test) with_test=1 ;;
@@ -43,6 +45,7 @@ fi
 
 kernel=$(uname -r)
 export DEBIAN_FRONTEND=noninteractive
+VIRTME_NG="virtme-ng==1.42"  # the version the kernel matrix was measured with (docs/kernels.md)
 
 install_apt() {
     say "apt: refreshing package lists"
@@ -50,6 +53,12 @@ install_apt() {
     local pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool iproute2 gcc libc6-dev)
     if [ "$with_test" -eq 1 ]; then
         pkgs+=(chromium shellcheck vagrant vagrant-libvirt)  # vagrant-libvirt: validate the libvirt config
+        pkgs+=(postgresql)  # tests/realapps: a real server traced, driven by its own client (pgbench)
+        # scripts/kernel-matrix.sh: qemu boots Debian's kernels with virtme-ng (from PyPI, below),
+        # which needs kmod (depmod), udev (else the guest's exit code is lost) and busybox; the
+        # keyring checks the Debian archives the kernels come from; file tells an image's version
+        pkgs+=(qemu-system-x86 kmod udev busybox-static debian-archive-keyring file)
+        kernel_matrix=1
     fi
     say "apt: installing ${pkgs[*]}"
     run apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null \
@@ -182,6 +191,11 @@ make_venv() {
     say "installing spiketrace into .venv ($target)"
     run "$here/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$target" \
         || die "pip install failed: see the messages above"
+    if [ "$kernel_matrix" -eq 1 ]; then
+        say "installing virtme-ng into .venv (scripts/kernel-matrix.sh boots kernels with it)"
+        run "$here/.venv/bin/python" -m pip install -q --disable-pip-version-check "$VIRTME_NG" \
+            || die "pip install $VIRTME_NG failed: see the messages above"
+    fi
 }
 
 if command -v apt-get >/dev/null; then

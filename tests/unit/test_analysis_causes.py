@@ -375,3 +375,23 @@ def test_a_drop_without_counter_growth_is_not_called_a_retransmit(tmp_path):
 
     result, _ = run_with(tmp_path, build)
     assert only_spike(result).cause != "data_retransmit"
+
+
+def test_a_tail_loss_probe_after_the_close_is_not_a_lost_request(tmp_path):
+    """Seen on PostgreSQL + pgbench (tests/realapps): the client closes, a tail loss probe goes
+    out in FIN_WAIT1 and the server drops the duplicate as TCP_OLD_DATA. The request was never
+    lost: neither the retransmit nor the drop may explain the slow transaction."""
+    def build(run):
+        run.meta.drop_reasons = {"31": "TCP_OLD_DATA", "2": "NOT_SPECIFIED"}
+        t = run.txn(ex1_ms=150.2)
+        close = t["t_end"] - 50_000
+        run.event("retransmit", close, t, state=4, value=1)  # FIN_WAIT1, the client's side
+        run.event("drop", close + 20_000, t, side="server", state=8, reason=31)  # CLOSE_WAIT
+        run.event("drop", close + 40_000, t, state=6, reason=2)  # the client's TIME_WAIT
+        for name, before in (("Tcp.RetransSegs", 4), ("TcpExt.TCPLossProbes", 2)):
+            run.counter(name, t["t_start"] - 10 * MS, before)
+            run.counter(name, close + 10_000, before + 1)
+
+    result, _ = run_with(tmp_path, build)
+    e = only_spike(result)
+    assert e.cause != "data_retransmit" and e.data_retransmit_ns == 0, e.sentence
