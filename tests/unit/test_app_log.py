@@ -112,7 +112,7 @@ def test_formats_and_errors(tmp_path):
     e = read_app_log([p]).entries.iloc[0]
     assert e["duration_ns"] == 1_250_000_000 and e["ts_kind"] == "start"
 
-    for text, msg in (("start,port\n1,2\n", "no duration column"), ("1.0 2.0\n", "add a header"),
+    for text, msg in (("start,port\n1,2\n", "no duration column"), ("1.0 2.0\n", "Add a header"),
                       ("\n# only a comment\n", "empty"), ('{"duration_s": 1}\n[1]\n', "not a JSON object")):
         p.write_text(text)
         with pytest.raises(SpikeTraceError, match=msg):
