@@ -6,9 +6,8 @@ import re
 from typing import Optional, Sequence
 
 from common.errors import SpikeTraceError
+from common.text import check_range, parse_duration, parse_number
 from common.vocab import fmt_ms
-
-_UNITS_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0, "": 1.0}
 
 
 @dataclasses.dataclass
@@ -43,19 +42,21 @@ class AnalysisOptions:
 
 
 def parse_duration_ms(text: str) -> float:
-    """`100ms`, `1s`, `250us`, `0.1s` or a bare number of milliseconds -> milliseconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ns|us|µs|ms|s|)\s*", str(text))
-    if not m:
-        raise SpikeTraceError(f"invalid duration '{text}' (examples: 100ms, 1s, 250us)")
-    return float(m.group(1)) * _UNITS_MS[m.group(2)]
+    """`100ms`, `1s`, `250us`, `0.1s` or a bare number of milliseconds -> milliseconds, the
+    syntax of every command (common.text); negative, NaN and infinite values are refused."""
+    try:
+        return check_range(parse_duration(text, "ms"), "duration", 0.0, 86_400_000.0, unit="ms")
+    except SpikeTraceError as exc:
+        raise SpikeTraceError(f"invalid {exc}") from None
 
 
 def parse_relative(text: str) -> float:
     """`10x` or `10` -> 10.0 (times the median latency); `0` disables the test."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*[xX]?\s*", str(text))
-    if not m:
-        raise SpikeTraceError(f"invalid relative threshold '{text}' (examples: 10x, 5x, 0 to disable)")
-    return float(m.group(1))
+    m = re.fullmatch(r"\s*(\S+?)\s*[xX]?\s*", str(text))
+    try:
+        return check_range(parse_number(m.group(1) if m else text, "relative"), "relative", 0.0, 1e6)
+    except SpikeTraceError:
+        raise SpikeTraceError(f"invalid relative threshold '{text}' (examples: 10x, 5x, 0 to disable)") from None
 
 
 def parse_percentile(text: str) -> Optional[float]:

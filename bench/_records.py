@@ -11,6 +11,10 @@ part would itself cause the latency spikes this tool is meant to explain. So the
 - every `chunk_rows` records, the batches go to a writer thread, which hands them to
   `common.rundir.TableWriter` (`append_arrow` + `flush`: Arrow concatenation, zstd and
   file I/O, all of which release the GIL) and writes one part atomically;
+- with `flush_interval_s`, records also reach disk by time: when nothing was handed over for
+  that long, the writer thread converts what is pending itself and writes it, also while the
+  loop is blocked (a connect() waiting 3 s for a SYN retransmit). A SIGKILL then loses at
+  most the last interval's records, however slow the load;
 - `close()` converts the rest, drains the writer thread and writes the last part.
 Columns that are constant for a process (worker, pid, ports) are not stored per row but added
 as whole columns at conversion.
@@ -21,6 +25,7 @@ import gc
 import os
 import queue
 import threading
+import time
 from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -32,7 +37,7 @@ from common.rundir import SCHEMAS, TableWriter
 class RowBuffer:
     def __init__(self, run_dir: Optional[os.PathLike], table: str, prefix: str,
                  fields: Sequence[str], constants: Dict[str, Any], chunk_rows: int = 32768,
-                 slice_rows: int = 512):
+                 slice_rows: int = 512, flush_interval_s: Optional[float] = None):
         self.schema = SCHEMAS[table]
         if sorted(list(fields) + list(constants)) != sorted(self.schema.names):
             raise ValueError(f"fields + constants must be exactly the columns of {table}")
@@ -58,8 +63,14 @@ class RowBuffer:
         self._queue: "queue.Queue[Optional[List[pa.RecordBatch]]]" = queue.Queue(maxsize=2)
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
+        # convert() runs in the loop and, by time, in the writer thread: one at a time
+        self._lock = threading.Lock()
+        self.flush_interval_s = flush_interval_s
+        self._handed_at = time.monotonic()
         if self.writer is not None:
             _warm_up(table)
+            if flush_interval_s:
+                self._start_thread()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -71,6 +82,12 @@ class RowBuffer:
 
     def convert(self) -> None:
         """Turn the pending tuples into one Arrow batch; pass full chunks to the writer thread."""
+        with self._lock:
+            self._convert()
+            if self._batched_rows >= self.chunk_rows:
+                self._hand_off()
+
+    def _convert(self) -> None:
         rows = self.rows
         n = len(rows)
         if n == 0:
@@ -85,8 +102,6 @@ class RowBuffer:
             self._batched_rows += n
         del rows[:n]
         self.converted += n
-        if self._batched_rows >= self.chunk_rows:
-            self._hand_off()
 
     def _constant_arrays(self, n: int) -> List[pa.Array]:
         cached = self._constants_cache.get(n)
@@ -97,19 +112,32 @@ class RowBuffer:
                 self._constants_cache[n] = cached
         return cached
 
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._write_loop, name="bench-writer", daemon=True)
+        self._thread.start()
+
     def _hand_off(self) -> None:
         if not self._batches:
             return
         if self._thread is None:
-            self._thread = threading.Thread(target=self._write_loop, name="bench-writer",
-                                            daemon=True)
-            self._thread.start()
+            self._start_thread()
         self._queue.put(self._batches)
         self._batches, self._batched_rows = [], 0
+        self._handed_at = time.monotonic()
 
     def _write_loop(self) -> None:
+        interval = self.flush_interval_s
         while True:
-            batches = self._queue.get()
+            if interval:
+                wait = max(0.01, interval - (time.monotonic() - self._handed_at))
+                try:
+                    batches = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    batches = self._due()
+                    if not batches:
+                        continue
+            else:
+                batches = self._queue.get()
             if batches is None:
                 return
             try:
@@ -118,10 +146,27 @@ class RowBuffer:
             except BaseException as exc:  # reported by close(); keep draining the queue
                 self._error = exc
 
+    def _due(self) -> List[pa.RecordBatch]:
+        """What is pending once nothing was handed over for `flush_interval_s` (in the writer
+        thread). Skipped while the loop converts (it is busy, so it will hand over soon) or
+        while older chunks wait in the queue (parts stay in record order)."""
+        if not self._lock.acquire(blocking=False):
+            return []
+        try:
+            if not self._queue.empty() or time.monotonic() - self._handed_at < self.flush_interval_s:
+                return []
+            self._convert()
+            batches, self._batches, self._batched_rows = self._batches, [], 0
+            self._handed_at = time.monotonic()
+            return batches
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
         """Convert what is pending and wait until every row is on disk."""
-        self.convert()
-        self._hand_off()
+        with self._lock:
+            self._convert()
+            self._hand_off()
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()

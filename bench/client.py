@@ -9,7 +9,8 @@ close(). Each is timed with CLOCK_MONOTONIC (`time.monotonic_ns()`, the clock of
 its Parquet writer, reports ready and waits for "go", so the caller's `on_start(pids)` can
 register the pids with the tracer before any load. Closed loop by default; with `rate` the
 transactions are scheduled at fixed times and latency is counted from the *scheduled* start
-(no coordinated omission). Records stream to `transactions.parquet` in parts; SIGINT, SIGTERM
+(no coordinated omission). Records stream to `transactions.parquet` in parts, at least every
+`flush_interval_s` (1 s: a SIGKILL loses at most that much); SIGINT, SIGTERM
 and the parent's death (PR_SET_PDEATHSIG) make a worker flush what it completed and exit.
 
 Over 400 lines on purpose: the worker's hot loop and the parent's supervision of the workers
@@ -60,15 +61,19 @@ class ClientOptions(ClientParams):
         if not 1 <= self.payload <= MAX_PAYLOAD:
             raise SpikeTraceError(
                 f"--payload must be between 1 byte and 16 MiB ({MAX_PAYLOAD}), not {self.payload}")
-        if self.rate is not None and not self.rate > 0:
-            raise SpikeTraceError(f"--rate must be positive, not {self.rate}")
+        if self.rate is not None and not 0 < self.rate <= 1e6:  # NaN fails too
+            raise SpikeTraceError(f"--rate must be positive and at most 1,000,000/s, not {self.rate}")
         if self.connect_retry not in RETRY_MODES:
             raise SpikeTraceError(
                 f"--connect-retry must be one of {', '.join(RETRY_MODES)}, not '{self.connect_retry}'")
         if not 1 <= self.port <= 65535:
             raise SpikeTraceError(f"--port must be between 1 and 65535, not {self.port}")
-        if not self.connect_timeout_s > 0:
-            raise SpikeTraceError(f"--connect-timeout must be positive, not {self.connect_timeout_s}")
+        if not 0 < self.connect_timeout_s <= 86400:
+            raise SpikeTraceError(f"--connect-timeout must be positive and at most a day, not "
+                                  f"{self.connect_timeout_s}")
+        if not 0 < self.flush_interval_s <= 3600:
+            raise SpikeTraceError(f"flush_interval_s must be positive and at most an hour, not "
+                                  f"{self.flush_interval_s}")
         try:
             socket.inet_aton(self.host)
         except OSError:
@@ -278,7 +283,7 @@ def _worker_main(worker: int, opts: ClientOptions, run_dir: str, netns: Optional
         buf = RowBuffer(run_dir, "transactions", prefix=f"w{worker}", fields=FIELDS,
                         constants={"worker": worker, "pid": os.getpid(),
                                    "remote_addr": opts.host, "remote_port": opts.port},
-                        chunk_rows=opts.chunk_rows)
+                        chunk_rows=opts.chunk_rows, flush_interval_s=opts.flush_interval_s)
         hot_loop_mode()
         status[base + ST_STATE] = S_READY
         go.wait()

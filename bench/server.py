@@ -49,12 +49,15 @@ class ServerOptions(ServerParams):
             raise SpikeTraceError(f"--port must be between 0 and 65535, not {self.port}")
         if self.backlog < 0:
             raise SpikeTraceError(f"--backlog must be 0 or more, not {self.backlog}")
-        if self.think_ms < 0:
-            raise SpikeTraceError(f"--think-ms must be 0 or more, not {self.think_ms}")
+        if not 0 <= self.think_ms <= 60_000:  # NaN fails too
+            raise SpikeTraceError(f"--think-ms must be between 0 and 60,000 ms, not {self.think_ms}")
         if self.threads < 1:
             raise SpikeTraceError(f"--threads must be at least 1, not {self.threads}")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise SpikeTraceError(f"--duration must be positive, not {self.duration_s}")
+        if self.duration_s is not None and not 0 < self.duration_s <= 366 * 86400:
+            raise SpikeTraceError(f"--duration must be positive and at most a year, not {self.duration_s}")
+        if not 0 < self.flush_interval_s <= 3600:
+            raise SpikeTraceError(f"flush_interval_s must be positive and at most an hour, not "
+                                  f"{self.flush_interval_s}")
 
 
 @dataclasses.dataclass
@@ -97,12 +100,12 @@ FIELDS = ("conn_id", "peer_addr", "peer_port", "t_accept", "t_request1", "t_repl
           "t_request2", "t_reply2", "t_eof", "t_close", "bytes_in", "outcome")
 
 
-def _buffer(run_dir, worker: int, port: int) -> RowBuffer:
+def _buffer(run_dir, worker: int, port: int, flush_interval_s: float) -> RowBuffer:
     from bench._records import RowBuffer  # imports pyarrow: after quiet_threads()
 
     return RowBuffer(run_dir, "server", prefix=f"s{worker}", fields=FIELDS,
                      constants={"worker": worker, "pid": os.getpid(), "local_port": port},
-                     chunk_rows=32768)
+                     chunk_rows=32768, flush_interval_s=flush_interval_s)
 
 
 def _read_rest(fd: int, view, got: int, want: int) -> int:
@@ -242,7 +245,8 @@ def serve(opts: ServerOptions, run_dir: Optional[os.PathLike] = None,
     stop = stop or StopHandler().install()
     lsock = open_listener(opts)
     port = lsock.getsockname()[1]
-    bufs = [_buffer(run_dir, w, port) for w in range(opts.threads if opts.model == "threaded" else 1)]
+    workers = opts.threads if opts.model == "threaded" else 1
+    bufs = [_buffer(run_dir, w, port, opts.flush_interval_s) for w in range(workers)]
     from bench._records import hot_loop_mode
 
     hot_loop_mode()

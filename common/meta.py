@@ -38,6 +38,7 @@ class ServerParams:
     payload: int = 3000  # request size; must match the client's
     threads: int = 4  # for model "threaded"
     duration_s: Optional[float] = None  # stop after this long (None = until stopped)
+    flush_interval_s: float = 1.0  # records reach disk at least this often (a SIGKILL loses less)
 
 
 @dataclasses.dataclass
@@ -54,7 +55,8 @@ class ClientParams:
     nodelay: bool = False
     split_writes: bool = False
     connect_timeout_s: float = 10.0
-    chunk_rows: int = 32768  # rows per Parquet part (per worker)
+    chunk_rows: int = 32768  # rows per Parquet part (per worker), at most
+    flush_interval_s: float = 1.0  # records reach disk at least this often (a SIGKILL loses less)
 
 
 @dataclasses.dataclass

@@ -231,6 +231,42 @@ def read_meta(run_dir: os.PathLike | str) -> Meta:
     return Meta.from_dict(data, source=str(meta_path))
 
 
+# table -> its row count in meta.json `counts` (spiketrace.recording counts them from disk)
+COUNTED_TABLES = {"transactions": "transactions", "server": "server_connections",
+                  "events": "events", "connections": "connections"}
+
+
+def count_warnings(run_dir: os.PathLike | str, meta: Meta) -> List[str]:
+    """Where the tables on disk disagree with meta.json's counts: a part missing or damaged
+    (fewer rows), or rows added after a finished run (more). A run still recording (`running`)
+    may hold more rows than its last checkpoint counted."""
+    out = []
+    counts = meta.counts or {}
+    for table, key in COUNTED_TABLES.items():
+        expected = counts.get(key)
+        if expected is None:
+            continue
+        have = table_rows(run_dir, table)
+        if have == expected or (have > expected and meta.status == "running"):
+            continue
+        if table == "transactions" and have == 0 and meta.kind in ("run", "bench"):
+            out.append(f"transactions.parquet: no transaction on disk, but meta.json counts {expected:,} "
+                       f"(a `spiketrace {meta.kind}` run): its bench records are missing or damaged, so "
+                       "only the kernel's view is left")
+        elif have < expected:
+            out.append(f"{table}.parquet: {have:,} rows on disk, but meta.json counts {expected:,} "
+                       f"({key}): {expected - have:,} are missing (a part deleted or damaged?); "
+                       "analysing what is there")
+        else:
+            out.append(f"{table}.parquet: {have:,} rows on disk, more than the {expected:,} meta.json "
+                       f"counts ({key}): parts were added after the run ended?")
+    if meta.kind in ("run", "bench") and meta.status == "running" and "transactions" not in counts \
+            and not table_parts(run_dir, "transactions"):
+        out.append("transactions.parquet: none on disk and meta.json has no counts (the run was "
+                   "killed before its bench records reached the disk?)")
+    return out
+
+
 @dataclasses.dataclass
 class RunDir:
     """A run directory opened for reading. `warnings` says what is missing or incomplete."""
@@ -249,6 +285,7 @@ class RunDir:
             run.warnings.append(
                 f"the run is marked '{run.meta.status}': it did not finish, so its tables may "
                 "end early; analysing what is there")
+        run.warnings += count_warnings(path, run.meta)
         return run
 
     def has(self, table: str) -> bool:

@@ -9,6 +9,7 @@ import click
 
 from spiketrace import __version__
 from common.errors import SpikeTraceError
+from common.text import printable
 
 # command name -> (module under spiketrace.commands, one-line help shown by `spiketrace --help`)
 COMMANDS = {
@@ -57,6 +58,9 @@ def cli():
     """
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv=None):
     """Console entry point: user errors become one line on stderr and an exit code."""
     try:
@@ -66,11 +70,20 @@ def main(argv=None):
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # a bad option or value: one line, like every other error
+        if isinstance(exc, _NO_ARGS_IS_HELP):  # `spiketrace` alone: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        where = exc.ctx.command_path if exc.ctx is not None else "spiketrace"
+        message = exc.format_message()
+        click.echo(f"spiketrace: {printable(message[:1].lower() + message[1:], newlines=False)} "
+                   f"(see `{where} --help`)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except SpikeTraceError as exc:
-        click.echo(f"spiketrace: {exc}", err=True)
+        click.echo(f"spiketrace: {printable(exc, newlines=False)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)

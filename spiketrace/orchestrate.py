@@ -92,12 +92,29 @@ def build_options(opts: RunOptions):
     """Scenario defaults, then the user's explicit options on top."""
     from bench.client import ClientOptions
     from bench.server import ServerOptions
+    from common.errors import SpikeTraceError
     from spiketrace.scenarios import get_scenario
 
     scenario = get_scenario(opts.scenario)
-    server = ServerOptions(**{**scenario.server_overrides, **opts.server})
-    client = ClientOptions(**{**scenario.client_overrides, **opts.client})
+    try:
+        server = ServerOptions(**{**scenario.server_overrides, **opts.server})
+        client = ClientOptions(**{"n": scenario.n, **scenario.client_overrides, **opts.client})
+    except TypeError as exc:  # an option name the bench does not have (library callers)
+        raise SpikeTraceError(f"bad bench option: {exc}") from None
     client.port = server.port
+    return scenario, server, client
+
+
+def check_options(opts: RunOptions):
+    """Every option of a run checked, before anything is set up (no namespace, no BPF, no run
+    directory for a bad value). Returns (scenario, server options, client options)."""
+    from common.text import check_range
+
+    scenario, server, client = build_options(opts)
+    server.validate()
+    client.validate()
+    check_range(opts.threshold_ms, "--threshold", 0.0, 86_400_000.0, unit="ms")
+    check_range(opts.slow_conn_ms, "slow_conn_ms", 0.0, 3_600_000.0, lo_open=True, unit="ms")
     return scenario, server, client
 
 
@@ -110,9 +127,9 @@ def run(opts: RunOptions, on_progress: Optional[Callable[[int, int, int], None]]
     """
     from tracer.host import require_tracing
 
+    scenario, server_opts, client_opts = check_options(opts)
     require_tracing("spiketrace run")
     stage = on_stage or (lambda text: None)
-    scenario, server_opts, client_opts = build_options(opts)
 
     from bench.client import run_clients
     from bench.server import start_server_process

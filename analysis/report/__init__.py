@@ -6,6 +6,7 @@ report again needs `--force`. All checks happen before the first file is written
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -20,12 +21,23 @@ DEFAULT_FORMATS = ("md", "html", "json", "parquet")
 OUTPUTS = {"md": "report.md", "html": "report.html", "json": "summary.json", "parquet": "explanations.parquet"}
 
 
+class ReportWriteError(SpikeTraceError):
+    """A report file could not be written (read-only directory, full disk); `written` lists the
+    files written before it."""
+
+    def __init__(self, message: str, written: List[Path]):
+        super().__init__(message)
+        self.written = list(written)
+
+
 def output_paths(run_path: Path, formats: Iterable[str]) -> Dict[str, Path]:
     return {f: Path(run_path) / OUTPUTS[f] for f in formats if f in OUTPUTS}
 
 
 def check_formats(formats: Iterable[str]) -> List[str]:
     formats = [f.strip().lower() for f in formats if f.strip()]
+    if not formats:
+        raise SpikeTraceError(f"no report format given (choose from {', '.join(FORMATS)})")
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise SpikeTraceError(f"unknown report format {', '.join(bad)} (choose from {', '.join(FORMATS)})")
@@ -41,7 +53,8 @@ def report_exists(path: Path) -> bool:
 
 def write_reports(run, result, formats=DEFAULT_FORMATS, force: bool = False, out_dir=None) -> List[Path]:
     """Write the chosen report files into the run directory (or `out_dir`); returns their paths.
-    Raises SpikeTraceError naming an existing file unless `force`."""
+    Raises SpikeTraceError naming an existing file unless `force`, and ReportWriteError (one line:
+    which file, why) when one cannot be written."""
     from common import rundir
 
     formats = check_formats(formats)
@@ -54,7 +67,7 @@ def write_reports(run, result, formats=DEFAULT_FORMATS, force: bool = False, out
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SpikeTraceError(f"cannot write reports to {target}: {exc.strerror}")
+        raise ReportWriteError(f"cannot write reports to {target}: {_why(exc)}", [])
     from analysis.report import data as report_data
 
     data = report_data.build(result) if ("md" in paths or "html" in paths) else None
@@ -73,8 +86,8 @@ def write_reports(run, result, formats=DEFAULT_FORMATS, force: bool = False, out
                 from analysis.report import html, plots
 
                 _atomic_text(path, html.render(data, plots.all_plots(data)))
-        except PermissionError:
-            raise SpikeTraceError(f"cannot write {path}: permission denied (use a run directory you own)")
+        except (OSError, SpikeTraceError) as exc:  # read-only file system, permissions, full disk
+            raise ReportWriteError(f"cannot write {path}: {_why(exc)}", written) from None
         written.append(path)
     return written
 
@@ -98,10 +111,22 @@ def print_summary(result, console) -> None:
     terminal.render(report_data.build(result, max_spikes=report_data.TERMINAL_SPIKES), console)
 
 
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return (exc.strerror or str(exc)).lower()
+    text = str(exc)
+    return text.split(": ", 1)[1] if ": " in text else text  # "<part>: why" -> "why"
+
+
 def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def _json_default(value):

@@ -10,6 +10,9 @@ import click
 
 from common.errors import SpikeTraceError
 from common.rundir import write_meta
+from spiketrace.commands.params import Duration, Number
+
+MAX_PAYLOAD = 16 * 1024 * 1024  # bench._proc.MAX_PAYLOAD (not imported: --help stays light)
 
 
 @click.group(name="bench")
@@ -29,19 +32,22 @@ def command():
 
 @command.command("server", short_help="The echo server in the foreground (per-connection records).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=9999, show_default=True, help="Port (0 = any free port).")
-@click.option("--backlog", type=int, default=1, show_default=True,
+@click.option("--port", type=click.IntRange(0, 65535), default=9999, show_default=True,
+              help="Port (0 = any free port).")
+@click.option("--backlog", type=click.IntRange(0, 65535), default=1, show_default=True,
               help="listen() backlog; the queue holds backlog + 1 connections.")
 @click.option("--linger/--no-linger", default=True, show_default=True,
               help="SO_LINGER {1, 0} on the listening socket (inherited: close() sends a RST).")
 @click.option("--model", type=click.Choice(["blocking", "threaded", "epoll"]), default="blocking",
               show_default=True, help="One blocking thread (the original), N threads, or epoll.")
-@click.option("--threads", type=int, default=4, show_default=True, help="Threads for --model threaded.")
-@click.option("--think-ms", type=float, default=0.0, show_default=True,
-              help="Sleep this long before each accept() (a slow server).")
-@click.option("--payload", type=int, default=3000, show_default=True,
+@click.option("--threads", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="Threads for --model threaded.")
+@click.option("--think-ms", type=Duration("ms", lo=0, hi=60_000), default="0", show_default=True,
+              help="Sleep this long before each accept() (a slow server; ms, or e.g. 5ms, 0.2s).")
+@click.option("--payload", type=click.IntRange(1, MAX_PAYLOAD), default=3000, show_default=True,
               help="Request size in bytes; must match the client's.")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--duration", type=Duration("s", lo=0, lo_open=True, hi=366 * 86400), default=None,
+              help="Stop after this long (e.g. 60, 90s, 10m; a bare number is seconds).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory for server.parquet (one record per connection).")
 def server(host, port, backlog, linger, model, threads, think_ms, payload, duration, out):
@@ -54,7 +60,7 @@ def server(host, port, backlog, linger, model, threads, think_ms, payload, durat
     Examples:
       spiketrace bench server                          # the original: port 9999, listen(1), SO_LINGER
       spiketrace bench server --model epoll --backlog 128 --out runs/mine
-      spiketrace bench server --think-ms 5 --duration 60
+      spiketrace bench server --think-ms 5ms --duration 10m
     """
     from bench._proc import no_pandas
     from bench.server import ServerOptions, serve
@@ -103,24 +109,26 @@ def _server_meta(run_dir: Path, opts, stats) -> None:
 # --- client ---------------------------------------------------------------------------------
 
 @command.command("client", short_help="The load generator (per-transaction records, summary).")
-@click.option("-n", "n", type=int, default=1_000_000, show_default=True, help="Transactions.")
-@click.option("-c", "--concurrency", type=int, default=1, show_default=True,
+@click.option("-n", "n", type=click.IntRange(1, 1_000_000_000), default=1_000_000, show_default=True,
+              help="Transactions.")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Worker processes, each one transaction at a time.")
-@click.option("--payload", type=int, default=3000, show_default=True,
+@click.option("--payload", type=click.IntRange(1, MAX_PAYLOAD), default=3000, show_default=True,
               help='Request size in bytes (the original: "asd" * 1000).')
-@click.option("--rate", type=float, default=None,
+@click.option("--rate", type=Number(lo=0, lo_open=True, hi=1e6, unit="/s"), default=None,
               help="Open loop: start transactions at this total rate (per second); latency is "
                    "counted from each scheduled start.")
 @click.option("--connect-retry", type=click.Choice(["busy", "backoff"]), default="busy",
               show_default=True, help="busy: retry connect() at once on the same socket (the "
                                       "original); backoff: new socket, 1 ms doubling to 100 ms.")
-@click.option("--connect-timeout", type=float, default=10.0, show_default=True,
-              help="Give up a connect after this many seconds of failures.")
+@click.option("--connect-timeout", type=Duration("s", lo=0, lo_open=True, hi=86400), default="10s",
+              show_default=True, help="Give up a connect after this long of failures (a bare number is s).")
 @click.option("--nodelay", is_flag=True, help="Set TCP_NODELAY (disable Nagle).")
 @click.option("--split-writes", is_flag=True,
               help="Send each request as two writes (shows Nagle / delayed-ACK stalls).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Server address (IPv4).")
-@click.option("--port", type=int, default=9999, show_default=True, help="Server port.")
+@click.option("--port", type=click.IntRange(1, 65535), default=9999, show_default=True,
+              help="Server port.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory (default runs/<UTC time>-bench).")
 @click.option("--force", is_flag=True, help="Replace the transactions of an existing --out.")

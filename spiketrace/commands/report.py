@@ -6,31 +6,37 @@ from pathlib import Path
 import click
 
 from common.errors import SpikeTraceError
+from common.text import printable
+from spiketrace.commands.params import Duration, Formats, Percentile, Relative
+
+REPORT_FORMATS = ("terminal", "md", "html", "json", "parquet")
 
 
 def analysis_options(f):
-    """--threshold / --relative / --percentile, shared with `spiketrace explain`."""
-    f = click.option("--percentile", default=None, metavar="P",
+    """--threshold / --relative / --percentile, shared with `spiketrace run` and `explain`
+    (values already checked: floats in ms, times the median, a percentile or None)."""
+    f = click.option("--percentile", type=Percentile(), default=None,
                      help="Also require latency above this percentile (e.g. 99.9). Off by default.")(f)
-    f = click.option("--relative", default="10x", show_default=True, metavar="Nx",
+    f = click.option("--relative", type=Relative(), default="10x", show_default=True,
                      help="Spike = more than N times the median latency (0 disables).")(f)
-    f = click.option("--threshold", default="100ms", show_default=True, metavar="DURATION",
-                     help="Spike = latency at least this (e.g. 100ms, 1s; 0 disables).")(f)
+    f = click.option("--threshold", type=Duration("ms", lo=0), default="100ms", show_default=True,
+                     help="Spike = latency at least this (e.g. 100ms, 1s, 250us; a bare number is "
+                          "ms; 0 disables).")(f)
     return f
 
 
-def make_options(threshold: str, relative: str, percentile):
-    from analysis.options import AnalysisOptions, parse_duration_ms, parse_percentile, parse_relative
+def make_options(threshold: float, relative: float, percentile):
+    from analysis.options import AnalysisOptions
 
-    return AnalysisOptions(threshold_ms=parse_duration_ms(threshold), relative=parse_relative(relative),
-                           percentile=parse_percentile(percentile) if percentile is not None else None)
+    return AnalysisOptions(threshold_ms=float(threshold), relative=float(relative),
+                           percentile=None if percentile is None else float(percentile))
 
 
 @click.command(name="report")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @analysis_options
-@click.option("--format", "formats", default="terminal,md,html,json,parquet", show_default=True,
-              help="Comma-separated outputs: terminal, md, html, json, parquet.")
+@click.option("--format", "formats", type=Formats(REPORT_FORMATS), default=",".join(REPORT_FORMATS),
+              show_default=True, help="Comma-separated outputs: terminal, md, html, json, parquet.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the report files here instead of into the run directory.")
 @click.option("--force", is_flag=True, help="Overwrite report files written before.")
@@ -47,10 +53,10 @@ def make_options(threshold: str, relative: str, percentile):
               show_default=True,
               help="The application log's timestamps: wall clock (epoch or ISO 8601) or "
                    "CLOCK_MONOTONIC ns; auto picks the one that falls within the trace.")
-@click.option("--match-window", default="100ms", show_default=True, metavar="DURATION",
-              help="How far an entry's start may be from its kernel connection's open.")
-def command(run_dir: Path, threshold: str, relative: str, percentile, formats: str, out_dir, force: bool,
-            app_logs, ts_kind, clock: str, match_window: str):
+@click.option("--match-window", type=Duration("ms", lo=0, lo_open=True, hi=3_600_000), default="100ms",
+              show_default=True, help="How far an entry's start may be from its kernel connection's open.")
+def command(run_dir: Path, threshold: float, relative: float, percentile, formats, out_dir, force: bool,
+            app_logs, ts_kind, clock: str, match_window: float):
     """Analyse RUN_DIR and write its reports: report.html, report.md, summary.json and
     explanations.parquet (one row per slow transaction) into the run directory.
 
@@ -74,16 +80,15 @@ def command(run_dir: Path, threshold: str, relative: str, percentile, formats: s
     from rich.console import Console
 
     from analysis import analyse
-    from analysis.report import check_formats, output_paths, print_summary, report_exists, write_reports
+    from analysis.report import (ReportWriteError, check_formats, output_paths, print_summary, report_exists,
+                                 write_reports)
     from common.rundir import RunDir
 
     import dataclasses
 
-    from analysis.options import parse_duration_ms
-
-    chosen = check_formats(formats.split(","))
+    chosen = check_formats(formats)
     options = make_options(threshold, relative, percentile)
-    options = dataclasses.replace(options, match_window_ms=parse_duration_ms(match_window))
+    options = dataclasses.replace(options, match_window_ms=match_window)
     run = RunDir.open(run_dir)
     app_log = None
     if app_logs:
@@ -96,16 +101,38 @@ def command(run_dir: Path, threshold: str, relative: str, percentile, formats: s
             if report_exists(path):
                 raise SpikeTraceError(f"{path} already exists (use --force to overwrite)")
     err = Console(stderr=True)
-    with err.status(f"Analysing {run.path} ..."):
+    with err.status(f"Analysing {printable(run.path)} ..."):
         result = analyse(run, options, app_log=app_log)
+    out = Console()
     if "terminal" in chosen:
-        print_summary(result, Console())
+        print_summary(result, out)
     files = [f for f in chosen if f != "terminal"]
     if files:
-        with err.status("Writing reports ..."):
-            written = write_reports(run, result, formats=files, force=force, out_dir=out_dir)
+        try:
+            with err.status("Writing reports ..."):
+                written = write_reports(run, result, formats=files, force=force, out_dir=out_dir)
+        except ReportWriteError as exc:
+            for path in exc.written:
+                click.echo(f"Wrote {printable(path)}")
+            if "terminal" not in chosen:
+                raise
+            raise SpikeTraceError(f"{exc}; the report above was printed only (write the files "
+                                  "elsewhere with --out DIR, or print only with --format terminal)") from None
         for path in written:
-            click.echo(f"Wrote {path}")
-    if len(result.explanations) and app_log is None:
-        worst = int(result.explanations["txn_id"].iloc[0])
-        click.echo(f"Next: spiketrace explain {run.path} {worst}   # the worst spike's timeline")
+            click.echo(f"Wrote {printable(path)}")
+    if "terminal" in chosen or files:
+        print_next_steps(run, result, app_log=app_log is not None)
+
+
+def print_next_steps(run, result, app_log: bool = False) -> None:
+    """The command to type next: the worst spike's timeline, or, with no spike, why none and
+    the command that shows spikes explained (never a placeholder id)."""
+    from spiketrace.scenarios import advice_without_spikes
+
+    if len(result.explanations):
+        if not app_log:
+            worst = int(result.explanations["txn_id"].iloc[0])
+            click.echo(f"Next: spiketrace explain {printable(run.path)} {worst}   # the worst spike's timeline")
+        return
+    for line in advice_without_spikes(run.meta):
+        click.echo(line)  # not wrapped: a command stays one line to copy

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from spiketrace.commands.params import Duration, Number
 from spiketrace.commands.report import analysis_options, make_options
 
 # CLI option -> (which side of the bench it configures, its field name)
@@ -19,15 +20,16 @@ BENCH_FIELDS = {
 
 
 @click.command(name="run")
-@click.option("-n", "n", type=click.IntRange(min=1), default=1_000_000, show_default=True,
-              help="Transactions to make.")
+@click.option("-n", "n", type=click.IntRange(min=1, max=1_000_000_000), default=None,
+              help="Transactions to make (default: the scenario's, see `spiketrace scenarios`; "
+                   "1,000,000 for seed, as the original).")
 @click.option("-s", "--scenario", default="seed", show_default=True,
               help="Fault scenario (see `spiketrace scenarios`).")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1, max=256), default=1, show_default=True,
               help="Client worker processes.")
 @click.option("--payload", type=click.IntRange(min=1, max=16 * 1024 * 1024), default=3000,
               show_default=True, help="Request size in bytes.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--rate", type=Number(lo=0, lo_open=True, hi=1e6, unit="/s"), default=None,
               help="Open loop: start this many transactions per second (latency from the scheduled start).")
 @click.option("--connect-retry", type=click.Choice(["busy", "backoff"]), default="busy", show_default=True,
               help="On a failed connect: retry at once (as the original) or back off.")
@@ -35,14 +37,14 @@ BENCH_FIELDS = {
 @click.option("--split-writes", is_flag=True, help="Send each request as two writes (Nagle/delayed ACK).")
 @click.option("--port", type=click.IntRange(1, 65535), default=9999, show_default=True,
               help="Server port (inside the run's own network namespace).")
-@click.option("--backlog", type=click.IntRange(min=0), default=1, show_default=True,
+@click.option("--backlog", type=click.IntRange(min=0, max=65535), default=1, show_default=True,
               help="listen() backlog of the server.")
 @click.option("--linger/--no-linger", default=True, show_default=True,
               help="SO_LINGER {1,0} on the server's listening socket, as the original.")
 @click.option("--model", type=click.Choice(["blocking", "threaded", "epoll"]), default="blocking",
               show_default=True, help="Server model.")
-@click.option("--think-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Server delay before each accept().")
+@click.option("--think-ms", type=Duration("ms", lo=0, hi=60_000), default="0", show_default=True,
+              help="Server delay before each accept() (ms, or e.g. 5ms, 0.2s).")
 @analysis_options
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory (default runs/<UTC time>-<scenario>).")
@@ -55,22 +57,31 @@ def command(ctx, scenario, out, force, threshold, relative, percentile, no_repor
 
     Defaults reproduce the original question: a serial client making connect / send 3,000 bytes /
     echo / send / echo / close transactions against a single-threaded server with listen(1) and
-    SO_LINGER {1,0}. A scenario sets its own defaults; options you give win.
+    SO_LINGER {1,0}. A scenario sets its own defaults (transactions, bench options, the spike
+    rule it needs); options you give win. Durations take 100ms, 1.5s, 250us or a bare number.
 
     \b
     Examples:
-      sudo spiketrace run -n 1000000                 # the original workload
-      sudo spiketrace run -n 20000 --scenario syn-loss
-      sudo spiketrace run -n 50000 -c 4 --scenario listen-overflow
+      sudo spiketrace run --scenario listen-overflow -n 20000   # the original's spikes, ~15 s
+      sudo spiketrace run -n 1000000                 # the original workload (no spike here)
+      sudo spiketrace run --scenario syn-loss        # its own -n (see `spiketrace scenarios`)
       sudo spiketrace run -n 10000 --no-report -o runs/mine
-      sudo spiketrace run -n 500 --scenario nagle-delack --threshold 30ms --relative 0
+      sudo spiketrace run -n 500 --scenario nagle-delack --threshold 45ms
     """
     from rich.console import Console
 
     from spiketrace import orchestrate
     from spiketrace.commands.progress import transaction_progress
+    from spiketrace.commands.report import print_next_steps
+    from spiketrace.scenarios import get_scenario
 
-    analysis_opts = make_options(threshold, relative, percentile)  # bad values fail before the run
+    sc = get_scenario(scenario)  # an unknown name fails before anything is set up
+    given = {name for name in ("threshold", "relative") if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
+    if "threshold" not in given:
+        threshold = sc.analysis.get("threshold_ms", threshold)
+    if "relative" not in given:
+        relative = sc.analysis.get("relative", relative)
+    analysis_opts = make_options(threshold, relative, percentile)
     explicit = {name: value for name, value in bench.items()
                 if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
     opts = orchestrate.RunOptions(scenario=scenario, out=out, force=force, threshold_ms=analysis_opts.threshold_ms,
@@ -79,7 +90,8 @@ def command(ctx, scenario, out, force, threshold, relative, percentile, no_repor
         side, field = BENCH_FIELDS[name]
         getattr(opts, side)[field] = value
     if "n" not in explicit:
-        opts.client["n"] = bench["n"]
+        opts.client["n"] = sc.n
+    orchestrate.check_options(opts)  # bad values fail before the namespace and the BPF programs
 
     console = Console(stderr=True)
     with transaction_progress(console) as progress:
@@ -100,9 +112,10 @@ def command(ctx, scenario, out, force, threshold, relative, percentile, no_repor
     run = RunDir.open(outcome.run_dir)
     with console.status("analysing"):
         result = analyse(run, analysis_opts)
-    print_summary(result, console)
+    out_console = Console()
+    print_summary(result, out_console)
     for path in write_reports(run, result, force=True):
         click.echo(f"Wrote {path}")
-    click.echo(f"Next: spiketrace explain {outcome.run_dir} TXN_ID   (one spike's full timeline)")
+    print_next_steps(run, result)
     if outcome.status != "complete":
         ctx.exit(130)

@@ -10,7 +10,7 @@ Importing this package is cheap: BCC is imported only when a BPF injector is ins
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List
 
 from common.errors import SpikeTraceError
 from spiketrace.scenarios.base import Injection, Scenario, write_ground_truth
@@ -19,7 +19,8 @@ from spiketrace.scenarios.cpuhog import CpuContention
 from spiketrace.scenarios.legacy_rto import LegacyRto
 from spiketrace.scenarios.tcfault import DataLoss, ListenOverflowObserver, SynLoss
 
-__all__ = ["SCENARIOS", "Scenario", "Injection", "get_scenario", "write_ground_truth"]
+__all__ = ["SCENARIOS", "Scenario", "Injection", "get_scenario", "write_ground_truth",
+           "advice_without_spikes"]
 
 _DROP = {"drop_every": 100, "drop_fraction": 0.0, "seed": 0}
 
@@ -30,6 +31,12 @@ _LIST = [
                     "serial client. Nothing is injected; whatever spikes appear are the seed's own.",
         injects="nothing",
         expected_cause="",
+        n=100_000,
+        no_spike_hint="one serial client never has more than one connection waiting for "
+                      "accept(), and a listen(1) queue holds 2 (backlog + 1), so no SYN is dropped "
+                      "on this kernel. The original question's spikes are SYNs dropped by a full "
+                      "accept queue and retransmitted after the initial RTO; six clients against "
+                      "the same server overflow it",
     ),
     Scenario(
         name="listen-overflow",
@@ -44,6 +51,7 @@ _LIST = [
         server_overrides={"backlog": 1},
         client_overrides={"concurrency": 6},
         injection_class=ListenOverflowObserver,
+        n=20_000,
     ),
     Scenario(
         name="syn-loss",
@@ -55,6 +63,7 @@ _LIST = [
         expected_detail="drop",
         params=dict(_DROP),
         injection_class=SynLoss,
+        n=4_000,  # 40 dropped SYNs, 1 s each: the serial client spends ~40 s waiting
     ),
     Scenario(
         name="legacy-rto",
@@ -67,6 +76,7 @@ _LIST = [
         sysctls={"net.ipv4.tcp_syn_linear_timeouts": "0"},
         params={**_DROP, "rto_ms": 3000.0, "server_too": False},
         injection_class=LegacyRto,
+        n=1_500,  # 15 dropped SYNs, 3 s each: ~45 s of waiting
     ),
     Scenario(
         name="port-exhaustion",
@@ -84,6 +94,7 @@ _LIST = [
         server_overrides={"linger": False},
         client_overrides={"connect_retry": "busy"},
         injection_class=PortExhaustion,
+        n=3_000,  # 100 ports: ~30 exhaustions of up to ~1 s each
     ),
     Scenario(
         name="cpu-contention",
@@ -95,6 +106,7 @@ _LIST = [
         params={"cpu": None, "hogs": 1, "start_delay_ms": 200.0, "burst_ms": 150.0, "period_ms": 500.0,
                 "duration_s": 3600.0, "policy": "fifo", "pin": "both"},
         injection_class=CpuContention,
+        n=20_000,
     ),
     Scenario(
         name="nagle-delack",
@@ -105,6 +117,10 @@ _LIST = [
         expected_cause="delayed_ack",
         client_overrides={"split_writes": True, "nodelay": False},
         injection_class=NagleDelayedAck,
+        n=1_000,  # ~45 ms per transaction
+        # every transaction stalls, so the stall *is* the median: no relative test, and a
+        # threshold under the 40 ms minimum delayed ACK
+        analysis={"threshold_ms": 30.0, "relative": 0.0},
     ),
     Scenario(
         name="data-loss",
@@ -116,6 +132,7 @@ _LIST = [
         expected_detail="drop",
         params={**_DROP, "drop_every": 50},
         injection_class=DataLoss,
+        n=10_000,  # 200 dropped segments, 200-400 ms each
     ),
 ]
 
@@ -130,3 +147,26 @@ def get_scenario(name: str) -> Scenario:
         raise SpikeTraceError(
             f"unknown scenario {name!r}; choose one of: {', '.join(SCENARIOS)} "
             "(see `spiketrace scenarios`)") from None
+
+
+ORIGINAL_SPIKES = "listen-overflow"  # the scenario that shows the original question's spikes
+
+
+def advice_without_spikes(meta) -> List[str]:
+    """What to say after a run of the bench with no spike (`meta`: common.meta.Meta): why none,
+    for the scenario it ran, and the one command that shows spikes explained."""
+    if meta.kind == "trace":
+        return []
+    shows = SCENARIOS[ORIGINAL_SPIKES]
+    sc = SCENARIOS.get(meta.scenario)
+    client, server = meta.params.client, meta.params.server
+    serial_seed = (sc is not None and sc.name == "seed" and (client is None or client.concurrency == 1)
+                   and (server is None or server.backlog == 1))
+    if serial_seed:
+        return [f"Why no spike: {sc.no_spike_hint}.",
+                f"To see the original spikes explained: {shows.suggested_command()}"]
+    if sc is not None and sc.expected_cause:
+        return [f"Scenario {sc.name} injects {sc.injects} and should show {sc.expected_cause} spikes; "
+                "none passed the spike rule in this run (see the warnings above).",
+                f"Its suggested run: {sc.suggested_command()}"]
+    return [f"To see spikes explained: {shows.suggested_command()} (or any of `spiketrace scenarios`)"]

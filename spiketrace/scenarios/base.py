@@ -139,6 +139,18 @@ class Scenario:
     client_overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
     params: Dict[str, Any] = dataclasses.field(default_factory=dict)  # injector defaults
     injection_class: Callable[..., Injection] = Injection
+    # transactions when `run -n` is not given: chosen so that the run takes about a minute on
+    # a 2-core VM and shows the scenario's spikes (`spiketrace scenarios` suggests it)
+    n: int = 20_000
+    # the spike rule the scenario needs (`threshold_ms`, `relative`), unless the user gives one
+    analysis: Dict[str, float] = dataclasses.field(default_factory=dict)
+    # said when a run of this scenario had no spike: why, and what to run instead
+    no_spike_hint: str = ""
+
+    def suggested_command(self) -> str:
+        """The command that shows this scenario's spikes explained in about a minute."""
+        scenario = "" if self.name == "seed" else f" --scenario {self.name}"
+        return f"sudo spiketrace run{scenario} -n {self.n}"
 
     def setup(self, ns: "Namespace", run_dir: os.PathLike, port: Optional[int] = None,
               **params: Any) -> Injection:

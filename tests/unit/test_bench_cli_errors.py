@@ -18,32 +18,34 @@ def _run(capsys, *args):
     return exc.value.code, out, err
 
 
-def _one_line_error(code, err, needle):
-    assert code == 1
+def _one_line_error(code, err, needle, exit_code=1):
+    assert code == exit_code
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("spiketrace: ") and needle in lines[0], err
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["-n", "0"], "-n must be at least 1 transaction, not 0"),
-    (["-n", "-5"], "-n must be at least 1 transaction, not -5"),
-    (["--payload", "0"], "--payload must be between 1 byte and 16 MiB"),
-    (["--payload", str(16 * 1024 * 1024 + 1)], "--payload must be between 1 byte and 16 MiB"),
-    (["-c", "0"], "--concurrency must be at least 1"),
-    (["--rate", "0"], "--rate must be positive"),
-    (["--host", "example.org"], "--host must be an IPv4 address"),
+@pytest.mark.parametrize("args, needle, exit_code", [
+    # refused while the command line is parsed (a usage error: exit 2)
+    (["-n", "0"], "invalid value for '-n': 0 is not in the range 1<=x<=1000000000", 2),
+    (["-n", "-5"], "invalid value for '-n': -5 is not in the range", 2),
+    (["--payload", "0"], "invalid value for '--payload': 0 is not in the range 1<=x<=16777216", 2),
+    (["--payload", str(16 * 1024 * 1024 + 1)], "invalid value for '--payload'", 2),
+    (["-c", "0"], "invalid value for '-c' / '--concurrency'", 2),
+    (["--rate", "0"], "invalid value for '--rate': 0/s is too small (it must be more than 0/s)", 2),
+    # refused by the options' own check (ClientOptions.validate)
+    (["--host", "example.org"], "--host must be an IPv4 address", 1),
 ])
-def test_client_rejects_bad_options(capsys, tmp_path, args, needle):
+def test_client_rejects_bad_options(capsys, tmp_path, args, needle, exit_code):
     code, out, err = _run(capsys, "client", *args, "--out", str(tmp_path / "run"))
-    _one_line_error(code, err, needle)
+    _one_line_error(code, err, needle, exit_code)
     assert not (tmp_path / "run").exists()  # checked before anything is created
 
 
 def test_server_rejects_bad_payload(capsys):
     code, out, err = _run(capsys, "server", "--payload", "0", "--port", "0")
-    _one_line_error(code, err, "--payload must be between 1 byte and 16 MiB")
+    _one_line_error(code, err, "invalid value for '--payload'", 2)
 
 
 def test_server_port_already_in_use(capsys):
