@@ -126,6 +126,12 @@ class TableWriter:
         self._seq = 0
         self._arrow: List[pa.Table] = []  # data appended already converted (append_arrow)
         self._arrow_rows = 0
+        # keep_going: a part that cannot be written (a full disk) is dropped and counted rather
+        # than raised, so a days-long trace goes on (the parts written before stay intact)
+        self.keep_going = False
+        self.write_errors = 0
+        self.rows_dropped = 0
+        self.last_error: Optional[str] = None
 
     def __len__(self) -> int:
         return len(self.columns[self.schema.names[0]]) + self._arrow_rows
@@ -173,10 +179,21 @@ class TableWriter:
             part = self.dir / f"{self.prefix}-{self._seq:06d}.parquet"
             if not part.exists():
                 break
-        _write_part(table, part)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _write_part(table, part)
+        except (SpikeTraceError, OSError) as exc:
+            if not self.keep_going:
+                raise
+            self.write_errors += 1
+            self.rows_dropped += n
+            self.last_error = str(exc)
+            part = None
+        else:
+            self.last_error = None
         self.columns = {name: [] for name in self.schema.names}
         self._arrow, self._arrow_rows = [], 0
-        self.rows_written += n
+        self.rows_written += n if part is not None else 0
         return part
 
     def __enter__(self) -> "TableWriter":
@@ -193,8 +210,13 @@ def write_table(run_dir: os.PathLike | str, table: str, data, prefix: str = "par
         for old in target.glob("*.parquet"):
             old.unlink()
     target.mkdir(parents=True, exist_ok=True)
+    schema = SCHEMAS.get(table)
     if not isinstance(data, pa.Table):
-        data = pa.Table.from_pandas(data, schema=SCHEMAS.get(table), preserve_index=False)
+        if schema is not None:  # a column the writer does not know gets the reader's default
+            missing = {f.name: ("" if pa.types.is_string(f.type) else 0) for f in schema
+                       if f.name not in data.columns}
+            data = data.assign(**missing) if missing else data
+        data = pa.Table.from_pandas(data, schema=schema, preserve_index=False)
     _write_part(data, target / f"{prefix}-000001.parquet")
 
 
@@ -368,3 +390,36 @@ class RunDir:
                 col = col.dictionary_encode()
             arrays.append(col)
         return pa.table(arrays, names=list(wanted))
+
+
+class MemoryRun:
+    """A run held in memory, read like a `RunDir` (`meta`, `table()`, `has()`, `warnings`,
+    `path`): the trace daemon's live explanations run the same analysis as `spiketrace report`
+    on a window of recent rows (spiketrace.live). `tables` maps a table name to columns
+    (lists, in the table's schema: common.schema.SCHEMAS)."""
+
+    def __init__(self, path: os.PathLike | str, meta: Meta, tables: Dict[str, Dict[str, list]]):
+        self.path = Path(path)
+        self.meta = meta
+        self.warnings: List[str] = []
+        self._tables = {name: pa.Table.from_pydict({c: cols.get(c, []) for c in SCHEMAS[name].names},
+                                                   schema=SCHEMAS[name])
+                        for name, cols in tables.items() if len(next(iter(cols.values()), []))}
+
+    def has(self, table: str) -> bool:
+        return table in self._tables
+
+    def rows(self, table: str) -> int:
+        return self._tables[table].num_rows if table in self._tables else 0
+
+    def table(self, name: str, columns: Optional[List[str]] = None, categories: bool = False):
+        """As `RunDir.table`: the documented columns (empty if absent), strings as pandas
+        Categoricals with `categories=True`."""
+        schema = SCHEMAS.get(name)
+        table = self._tables.get(name, schema.empty_table() if schema is not None else pa.table({}))
+        if columns:
+            table = table.select(columns)
+        if categories:
+            table = pa.table([c.dictionary_encode() if pa.types.is_string(c.type) else c
+                              for c in table.columns], names=table.column_names)
+        return table.to_pandas()

@@ -169,7 +169,7 @@ class CounterSampler:
             self._stop.set()
             self._thread.join()
             self._thread = None
-        return self.samples
+        return self.samples - self._samples_base
 
     def flush(self) -> None:
         """Not thread-safe against the sampler; the sampler flushes itself every few seconds."""
@@ -215,14 +215,16 @@ class CounterSampler:
 
     def _record(self, t_ns: int, values: Dict[str, int], full: bool) -> None:
         rows = [(k, v) for k, v in values.items() if full or self.latest.get(k) != v]
+        if not self.samples:
+            self.first = dict(values)
         self.latest.update(values)
         self.samples += 1
         if rows:
-            self._writer.append_columns({
-                "t_ns": [t_ns] * len(rows),
-                "name": [k for k, _ in rows],
-                "value": [v for _, v in rows],
-            })
+            cols = {"t_ns": [t_ns] * len(rows), "name": [k for k, _ in rows],
+                    "value": [v for _, v in rows]}
+            self._writer.append_columns(cols)
+            if self.on_rows is not None:
+                self.on_rows(cols)
 
     def _sample(self, full: bool) -> None:
         t_ns = time.monotonic_ns()
@@ -250,6 +252,7 @@ class CounterSampler:
             last_flush = time.monotonic()
             while not self._stop.wait(max(0, next_t - time.monotonic_ns()) / 1e9):
                 self._sample(full=False)
+                self._maybe_rotate()
                 next_t += self.period_ns
                 now = time.monotonic_ns()
                 if next_t < now:  # fell behind (a stalled VM): skip, do not burst
@@ -261,3 +264,51 @@ class CounterSampler:
         finally:
             self._close()
             self._writer.flush()
+
+    # ---- long-running traces (spiketrace trace): segments ----
+    on_rows = None  # called with each sample's stored rows (columns), in the sampler thread
+    first: Dict[str, int] = {}  # the first sample's values (growth during the trace = latest - first)
+    _rotate_to = None
+    _samples_base = 0
+    _ended_samples = 0
+
+    def keep_going_on_write_errors(self) -> None:
+        """A part that cannot be written (a full disk) is dropped and counted, sampling goes on."""
+        self._keep_going = True
+        if self._writer is not None:
+            self._writer.keep_going = True
+
+    _keep_going = False
+
+    @property
+    def write_errors(self) -> int:
+        return self._writer.write_errors if self._writer is not None else 0
+
+    def rotate(self, run_dir: Path, timeout_s: float = 5.0) -> int:
+        """End the current segment and write into `run_dir` from now on: the old one gets a last
+        full sample, the new one a first full sample (each segment reads on its own). Returns
+        the ended segment's number of samples."""
+        if self._thread is None:
+            raise SpikeTraceError("the counter sampler is not running")
+        done = threading.Event()
+        self._rotate_to = (Path(run_dir), done)
+        if not done.wait(timeout_s):
+            raise SpikeTraceError("the counter sampler did not rotate its output in time")
+        return self._ended_samples
+
+    def _maybe_rotate(self) -> None:
+        request, self._rotate_to = self._rotate_to, None
+        if request is None:
+            return
+        path, done = request
+        try:
+            self._sample(full=True)
+            self._ended_samples = self.samples - self._samples_base
+            self._writer.flush()
+            self._writer = TableWriter(path, "counters", prefix="sampler")
+            self._writer.keep_going = self._keep_going
+            self.run_dir = path
+            self._samples_base = self.samples
+            self._sample(full=True)
+        finally:
+            done.set()

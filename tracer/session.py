@@ -214,6 +214,8 @@ class Tracer:
             cols = events.decode_conns(raw)
             if "connections" in self._writers:
                 self._writers["connections"].append_columns(cols)
+            if self.on_rows is not None:
+                self.on_rows("connections", cols)
         return n
 
     def _deliver_events(self, cols: Dict[str, list]) -> int:
@@ -221,6 +223,8 @@ class Tracer:
         self._events += n
         if "events" in self._writers:
             self._writers["events"].append_columns(cols)
+        if self.on_rows is not None:
+            self.on_rows("events", cols)
         if self.on_event is not None:
             for row in events.rows(cols):
                 self.on_event(row)
@@ -287,13 +291,7 @@ class Tracer:
         for key, s in self._bpf[b"streaks"].items():
             if not s.count:
                 continue  # a free slot (an array: every slot is listed)
-            ev = events.Event()
-            ev.t_ns, ev.kind, ev.netns, ev.pid = s.last_ns, 7, s.netns, s.tgid
-            ev.reason, ev.value, ev.value2 = s.err, s.count, s.start_ns
-            ev.family, ev.dport = s.family, s.dport
-            ct.memmove(ev.daddr, bytes(s.daddr), 16)
-            ev.comm = bytes(s.comm).split(b"\0")[0]
-            streaks.append(bytes(ev))
+            streaks.append(_streak_event(s))
         for _key, f in self._bpf[b"folds"].items():
             if f.pending:
                 ev = events.Event.from_buffer_copy(bytes(f.last))
@@ -303,13 +301,15 @@ class Tracer:
             self._deliver_events(events.decode_events(b"".join(streaks)))
 
     # ---- counts ----
-    def stats(self) -> TracerStats:
+    def stats(self, total: bool = False) -> TracerStats:
         """The tracer's counts so far, from the kernel's counters. The one computation of lost
         evidence: records that did not fit the output buffer (per kind, and connection
         records), perf-buffer losses, connections left untracked (both their `conns` slots
         held), and probe runs the kernel skipped (recursion misses). After stop(), the final
-        counts."""
+        counts. Since the last `rotate()` (the current segment), or since start if `total`."""
         if self._bpf is None:
+            if total and self._stats is not None:
+                return self._final_total or self._stats
             return self._stats or TracerStats(0, 0, 0, 0)
         ctr = self.counters()
         lost = {name: ctr[events.CTR_LOST_BASE + k] for k, name in events.EVENT_KINDS.items()
@@ -322,9 +322,10 @@ class Tracer:
             lost["perf_buffer"] = self._perf_lost
         for fn, n in self.recursion_misses().items():
             lost[f"missed:{fn}"] = n
-        return TracerStats(events=self._events, lost_events=sum(lost.values()),
-                           connections_counted=ctr[events.CTR_CONN_COUNTED],
-                           connections_sent=ctr[events.CTR_CONN_SENT], lost_by_kind=lost)
+        raw = TracerStats(events=self._events, lost_events=sum(lost.values()),
+                          connections_counted=ctr[events.CTR_CONN_COUNTED],
+                          connections_sent=ctr[events.CTR_CONN_SENT], lost_by_kind=lost)
+        return raw if total else _since(raw, self._segment_base)
 
     # ---- stop ----
     def stop(self) -> TracerStats:
@@ -342,6 +343,7 @@ class Tracer:
             self._flush_pending()
             self._write_histograms()
             self._stats = self.stats()
+            self._final_total = self.stats(total=True)
         finally:
             for w in self._writers.values():
                 w.flush()
@@ -356,3 +358,78 @@ class Tracer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    # ---- long-running traces (spiketrace trace): segments, learned-state expiry, map fill ----
+    # Kept apart at the end: the daemon's needs on top of the recording above (the map sweeps
+    # are tracer/upkeep.py).
+    on_rows: Optional[Callable[[str, Dict[str, list]], None]] = None  # (table, decoded columns)
+    _segment_base: Optional[TracerStats] = None  # totals when the current segment began
+    _final_total: Optional[TracerStats] = None
+    _keep_going = False
+
+    def keep_going_on_write_errors(self) -> None:
+        """A table part that cannot be written (a full disk) is dropped and counted instead of
+        stopping the consumer (common.rundir.TableWriter.keep_going); see `write_health()`."""
+        self._keep_going = True
+        for w in self._writers.values():
+            w.keep_going = True
+
+    def write_health(self) -> Dict[str, object]:
+        """Failed part writes, rows dropped with them, and the last error (None if none)."""
+        ws = list(self._writers.values())
+        return {"errors": sum(w.write_errors for w in ws) + self._retired_errors[0],
+                "rows_dropped": sum(w.rows_dropped for w in ws) + self._retired_errors[1],
+                "last_error": next((w.last_error for w in ws if w.last_error), None)}
+
+    _retired_errors = (0, 0)
+
+    def rotate(self, run_dir: Path) -> TracerStats:
+        """End the current segment and record into `run_dir` from now on, probes attached
+        throughout: what the kernel sent so far and a histogram snapshot go to the old
+        directory. Returns the ended segment's stats; `stats()` restarts from zero.
+        (Histograms stay cumulative since the tracer started.)"""
+        from common.rundir import TableWriter
+
+        with self._lock:
+            if self._bpf is None:
+                raise SpikeTraceError("the tracer is not running")
+            if self.output == "ringbuf":
+                self._bpf.ring_buffer_consume()
+            else:
+                self._bpf.perf_buffer_poll(timeout=0)
+            self._decode()
+            self._write_histograms()
+            ended = self.stats()
+            for w in self._writers.values():
+                w.flush()
+            health = self.write_health()
+            self._retired_errors = (int(health["errors"]), int(health["rows_dropped"]))
+            self.run_dir = Path(run_dir)
+            self._writers = {t: TableWriter(self.run_dir, t, prefix="tracer")
+                             for t in self._writers}
+            for w in self._writers.values():
+                w.keep_going = self._keep_going
+            self._segment_base = self.stats(total=True)
+            self._last_flush = self._last_hist = time.monotonic()
+        return ended
+
+def _streak_event(s) -> bytes:
+    """A connect-error streak (struct streak of tracer/bpf/handlers.h) as its event record."""
+    ev = events.Event()
+    ev.t_ns, ev.kind, ev.netns, ev.pid = s.last_ns, 7, s.netns, s.tgid
+    ev.reason, ev.value, ev.value2 = s.err, s.count, s.start_ns
+    ev.family, ev.dport = s.family, s.dport
+    ct.memmove(ev.daddr, bytes(s.daddr), 16)
+    ev.comm = bytes(s.comm).split(b"\0")[0]
+    return bytes(ev)
+
+
+def _since(now: TracerStats, base: Optional[TracerStats]) -> TracerStats:
+    """The counts of `now` that grew since `base` (a segment's own counts)."""
+    if base is None:
+        return now
+    lost = {k: v - base.lost_by_kind.get(k, 0) for k, v in now.lost_by_kind.items()
+            if v - base.lost_by_kind.get(k, 0) > 0}
+    return TracerStats(events=now.events - base.events, lost_events=sum(lost.values()),
+                       connections_counted=now.connections_counted - base.connections_counted,
+                       connections_sent=now.connections_sent - base.connections_sent,
+                       lost_by_kind=lost)

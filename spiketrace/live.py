@@ -1,0 +1,273 @@
+"""Live explanations: the trace daemon explains each slow connection as it happens, with the
+same analysis as `spiketrace report` (analysis.analyse, one implementation).
+
+The tracer and the counter sampler hand every row they record to a `LiveWindow` too (their
+`on_rows` hooks). About once a second, when a recorded connection closed at least `grace`
+ago (so the other side's row of a loopback connection has arrived too) or a tracked
+connection has been stuck in its handshake or retransmitting for longer than `open_after`,
+`LiveExplainer.tick` builds a `common.rundir.MemoryRun` of the window (the last `horizon`
+seconds of connections, events and counters, plus the kernel's histograms for the median) and
+runs `analyse()` on it. Each spike is reported once when its connection closed, and once
+before that if it was reported still open. A spike is known by its connection's
+client-oriented 4-tuple and open time, as in the post-mortem report of the same recording.
+
+When nothing slow was recorded, no analysis runs: the cost of live explanations is zero on a
+healthy system and grows with the number of slow connections, not the traffic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from common.errors import SpikeTraceError
+from common.schema import SCHEMAS
+from common.vocab import fmt_ns, state_name
+
+TIME_COLUMN = {"events": "t_ns", "counters": "t_ns", "connections": "t_close"}
+SpikeKey = Tuple[str, int, str, int, int]  # client addr, port, server addr, port, open time
+
+
+class LiveWindow:
+    """The recent rows of events, connections and counters, appended from the tracer's and the
+    sampler's threads. Bounded by time (`horizon_s`) and rows (`max_rows` per table); a counter's
+    last value before the window is kept so the window reads like a whole recording."""
+
+    def __init__(self, horizon_s: float = 120.0, max_rows: int = 200_000,
+                 on_connection: Optional[Callable[[int], Any]] = None):
+        self.horizon_ns = int(horizon_s * 1e9)
+        self.max_rows = max_rows
+        self.on_connection = on_connection  # pid -> workload, looked up while the pid lives
+        self._lock = threading.Lock()
+        self._cols = {t: {c: [] for c in SCHEMAS[t].names} for t in TIME_COLUMN}
+        self._counter_base: Dict[str, Tuple[int, int]] = {}  # name -> (t_ns, value)
+        self.closed_pending: List[int] = []  # close times of connections not analysed yet
+        self.trimmed = 0
+
+    def add(self, table: str, cols: Dict[str, list]) -> None:
+        with self._lock:
+            dest = self._cols[table]
+            for name, col in dest.items():
+                col.extend(cols[name])
+            if table == "connections":
+                self.closed_pending.extend(t for t in cols["t_close"] if t)
+        if table == "connections" and self.on_connection is not None:
+            for pid in set(cols["pid"]):
+                self.on_connection(pid)
+
+    def add_counters(self, cols: Dict[str, list]) -> None:
+        self.add("counters", cols)
+
+    def rows(self, table: str) -> int:
+        return len(self._cols[table][TIME_COLUMN[table]])
+
+    def trim(self, now_ns: int) -> None:
+        """Drop what is older than the horizon (and the oldest rows beyond max_rows)."""
+        cut = now_ns - self.horizon_ns
+        with self._lock:
+            for table, cols in self._cols.items():
+                t = np.asarray(cols[TIME_COLUMN[table]], dtype=np.int64)
+                if table == "connections":
+                    t = np.where(t > 0, t, np.asarray(cols["t_open"], dtype=np.int64))
+                keep = t >= cut
+                if len(keep) > self.max_rows:
+                    keep[:len(keep) - self.max_rows] = False
+                if keep.all():
+                    continue
+                if table == "counters":
+                    for name, tv, v in zip(np.asarray(cols["name"], dtype=object)[~keep],
+                                           t[~keep].tolist(), np.asarray(cols["value"])[~keep].tolist()):
+                        self._counter_base[name] = (tv, v)
+                idx = np.flatnonzero(keep)
+                self.trimmed += len(keep) - len(idx)
+                for name in cols:
+                    col = cols[name]
+                    cols[name] = [col[i] for i in idx.tolist()]
+
+    def snapshot(self, extra_connections: Optional[Dict[str, list]] = None) -> Dict[str, Dict[str, list]]:
+        """Copies of the window's columns (counters with their base values first)."""
+        with self._lock:
+            out = {t: {c: list(v) for c, v in cols.items()} for t, cols in self._cols.items()}
+            base = dict(self._counter_base)
+        if base:
+            first = min((t for t, _ in base.values()), default=0)
+            c = out["counters"]
+            names = list(base)
+            c["t_ns"] = [first] * len(names) + c["t_ns"]
+            c["name"] = names + c["name"]
+            c["value"] = [base[n][1] for n in names] + c["value"]
+        if extra_connections:
+            for name, col in out["connections"].items():
+                col.extend(extra_connections[name])
+        return out
+
+
+@dataclasses.dataclass
+class Spike:
+    """One live explanation: a connection and why it was slow (see `to_json` for the fields)."""
+
+    key: SpikeKey
+    open: bool
+    t_start: int
+    t_end: int
+    latency_ns: int
+    client_pid: int
+    client_comm: str
+    server_pid: int
+    netns: int
+    cause: str
+    cause_detail: str
+    causes: List[str]
+    shares_ns: Dict[str, int]
+    explained_ns: int
+    inferred: bool
+    sentence: str
+    client_workload: Any = None  # spiketrace.containers.Workload
+    server_workload: Any = None
+
+
+class LiveExplainer:
+    """Runs the analysis on the window when something slow is due (module docstring)."""
+
+    def __init__(self, window: LiveWindow, options, open_after_s: float = 5.0, grace_s: float = 1.0):
+        self.window = window
+        self.options = options
+        self.open_after_ns = int(open_after_s * 1e9)
+        self.grace_ns = int(grace_s * 1e9)
+        self.reported: Dict[SpikeKey, bool] = {}  # key -> reported as closed (True) or open
+        self.analyses = 0
+        self.analysis_s = 0.0
+        self.errors = 0
+        self.last_error: Optional[str] = None
+
+    def due(self, now_ns: int, open_rows: Optional[Dict[str, list]] = None) -> bool:
+        ready = now_ns - self.grace_ns
+        return any(t <= ready for t in self.window.closed_pending) or bool(open_rows and open_rows["t_open"])
+
+    def tick(self, meta, path, now_ns: int, histograms: Optional[Dict[str, list]] = None,
+             open_rows: Optional[Dict[str, list]] = None) -> List[Spike]:
+        """New spikes since the last tick (none if nothing is due)."""
+        from analysis import analyse
+        from common.rundir import MemoryRun
+
+        if not self.due(now_ns, open_rows):
+            return []
+        ready = now_ns - self.grace_ns
+        self.window.closed_pending = [t for t in self.window.closed_pending if t > ready]
+        opened = {}
+        if open_rows and open_rows["t_open"]:
+            open_rows = dict(open_rows, t_close=[now_ns] * len(open_rows["t_open"]))
+            opened = {(p, t) for p, t in zip(open_rows["sport"], open_rows["t_open"])}
+        tables = self.window.snapshot(open_rows)
+        if histograms:
+            tables["histograms"] = histograms
+        run = MemoryRun(path, dataclasses.replace(meta, notes=[], counts=dict(meta.counts)), tables)
+        started = time.perf_counter()
+        try:
+            result = analyse(run, self.options)
+        except SpikeTraceError:
+            return []  # nothing to analyse in the window
+        except Exception as exc:  # a live explanation must never stop the recording
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return []
+        finally:
+            self.analyses += 1
+            self.analysis_s += time.perf_counter() - started
+        return self._new_spikes(result, opened, ready)
+
+    def _new_spikes(self, result, opened, ready: int) -> List[Spike]:
+        from analysis.context import CAUSES
+
+        frames = result.context.frames
+        k = frames.kernel
+        out = []
+        for r in result.explanations.itertuples(index=False):
+            row = k.iloc[int(r.txn_id)]
+            key = (str(row.caddr), int(row.cport), str(row.saddr), int(row.sport), int(row.t_open))
+            is_open = any((int(row.cport), int(row.t_open)) == o or (int(row.sport), int(row.t_open)) == o
+                          for o in opened)
+            if is_open:
+                if key in self.reported:
+                    continue
+            else:
+                if self.reported.get(key) or int(row.t_close) > ready:
+                    continue
+            self.reported[key] = not is_open
+            shares = {c: int(getattr(r, f"{c}_ns")) for c in CAUSES if int(getattr(r, f"{c}_ns"))}
+            out.append(Spike(
+                key=key, open=is_open, t_start=int(r.t_start), t_end=int(r.t_start + r.latency_ns),
+                latency_ns=int(r.latency_ns), client_pid=int(row.pid), client_comm=str(row.comm),
+                server_pid=int(row.server_pid), netns=int(row.netns), cause=str(r.cause),
+                cause_detail=str(r.cause_detail), causes=[c for c in str(r.causes).split(",") if c],
+                shares_ns=shares, explained_ns=int(r.explained_ns), inferred=bool(r.inferred),
+                sentence=str(r.sentence)))
+        self._forget_old(ready)
+        return sorted(out, key=lambda s: s.t_start)
+
+    def _forget_old(self, ready: int) -> None:
+        cut = ready - self.window.horizon_ns
+        if len(self.reported) > 10_000:
+            self.reported = {k: v for k, v in self.reported.items() if k[4] >= cut}
+
+
+# ---- rendering: one line or one JSON object per event and per spike ----------------------------
+def _wall(meta, t_ns: int) -> dt.datetime:
+    return meta.wall_time(t_ns)
+
+
+def _endpoint(addr: str, port: int) -> str:
+    addr = addr or "?"
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def spike_line(spike: Spike, meta) -> str:
+    """`14:26:00.205 spike  12946/python  127.0.0.1:56372 > 127.0.0.1:9999  1.02 s syn_retransmit: ...`"""
+    caddr, cport, saddr, sport, _ = spike.key
+    who = f"{spike.client_pid or spike.server_pid}/{spike.client_comm or '-'}"
+    state = "still open after" if spike.open else "took"
+    where = [w.label() for w in (spike.client_workload, spike.server_workload) if w is not None and w.label()]
+    tail = f" [{'; '.join(dict.fromkeys(where))}]" if where else ""
+    wall = _wall(meta, spike.t_start).astimezone().strftime("%H:%M:%S.%f")[:-3]
+    return (f"{wall} {'spike':<17} {who:<20} {_endpoint(caddr, cport):>21} > "
+            f"{_endpoint(saddr, sport):<21} {state} {fmt_ns(spike.latency_ns)}, {spike.cause}"
+            f"{':' + spike.cause_detail if spike.cause_detail else ''}: {spike.sentence}{tail}")
+
+
+def spike_json(spike: Spike, meta) -> Dict[str, Any]:
+    """The `spike` object of `trace --json` (fields documented in docs/trace.md)."""
+    caddr, cport, saddr, sport, _ = spike.key
+    return {
+        "type": "spike", "time": _wall(meta, spike.t_start).isoformat(timespec="microseconds"),
+        "t_start_ns": spike.t_start, "t_end_ns": spike.t_end, "open": spike.open,
+        "latency_ms": round(spike.latency_ns / 1e6, 3),
+        "client": {"addr": caddr, "port": cport, "pid": spike.client_pid, "comm": spike.client_comm,
+                   "workload": spike.client_workload.to_dict() if spike.client_workload else None},
+        "server": {"addr": saddr, "port": sport, "pid": spike.server_pid,
+                   "workload": spike.server_workload.to_dict() if spike.server_workload else None},
+        "netns": spike.netns, "cause": spike.cause, "cause_detail": spike.cause_detail,
+        "causes": spike.causes, "shares_ms": {c: round(v / 1e6, 3) for c, v in spike.shares_ns.items()},
+        "explained_ms": round(spike.explained_ns / 1e6, 3), "inferred": spike.inferred,
+        "sentence": spike.sentence,
+    }
+
+
+def event_json(ev: Dict[str, Any], meta, detail: str) -> Dict[str, Any]:
+    """The `event` object of `trace --json`: the events.parquet row, its time and its words."""
+    t = int(ev.get("t_ns") or 0)
+    out = {"type": "event", "time": _wall(meta, t).isoformat(timespec="microseconds")}
+    for name in SCHEMAS["events"].names:
+        out[name] = ev.get(name)
+    out["state_name"] = state_name(int(ev["state"])) if ev.get("state") else ""
+    out["detail"] = detail
+    return out
+
+
+def dumps(obj: Dict[str, Any]) -> str:
+    """One JSON line (no spaces to wrap on, never NaN)."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str)
