@@ -6,16 +6,19 @@
 #   sudo scripts/install.sh           # what `spiketrace run` needs
 #   sudo scripts/install.sh --test    # plus what the tests need (chromium, shellcheck, vagrant, and
 #                                     # for scripts/kernel-matrix.sh qemu, virtme-ng, kmod, udev, busybox)
+#   sudo scripts/install.sh --daemon  # plus the trace daemon as a systemd service (docs/deploy.md)
 #   SPIKETRACE_INSTALL_DRY_RUN=1 scripts/install.sh   # print what would change; change nothing
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 with_test=0
+with_daemon=0
 kernel_matrix=0  # set by the apt path with --test: the kernel matrix fetches Debian's kernels
 for arg in "$@"; do
     case "$arg" in
         --test) with_test=1 ;;
-        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --daemon) with_daemon=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -198,6 +201,28 @@ make_venv() {
     fi
 }
 
+# --daemon: `spiketrace trace` as a systemd service (deploy/systemd/, docs/deploy.md). The unit's
+# /opt/spiketrace paths become this checkout's; an existing /etc/spiketrace/trace.conf is kept.
+install_daemon() {
+    local unit=/etc/systemd/system/spiketrace.service conf=/etc/spiketrace/trace.conf
+    run mkdir -p /etc/spiketrace /var/lib/spiketrace
+    if [ -e "$conf" ]; then
+        say "daemon: keeping $conf"
+    else
+        say "daemon: writing $conf (edit its port = ... line)"
+        run install -m 0644 "$here/deploy/systemd/trace.conf" "$conf"
+    fi
+    say "daemon: installing $unit"
+    sed "s|/opt/spiketrace|$here|g" "$here/deploy/systemd/spiketrace.service" | run tee "$unit" >/dev/null
+    if [ -d /run/systemd/system ]; then
+        run systemctl daemon-reload
+        run systemctl enable --now spiketrace.service || die "systemctl could not start spiketrace: see journalctl -u spiketrace"
+        say "daemon: enabled and started (systemctl status spiketrace; journalctl -u spiketrace -o cat)"
+    else
+        say "daemon: systemd is not running on this machine: installed, not enabled (on a systemd machine: systemctl enable --now spiketrace)"
+    fi
+}
+
 if command -v apt-get >/dev/null; then
     install_apt
 elif command -v dnf >/dev/null; then
@@ -207,4 +232,5 @@ else
 fi
 mount_tracefs
 make_venv
+[ "$with_daemon" -eq 0 ] || install_daemon
 say "done: $here/.venv/bin/spiketrace doctor tells what this kernel can trace"
