@@ -383,4 +383,7 @@ def _transactions(e: pd.DataFrame, t_start: np.ndarray, dur: np.ndarray, conn: n
         "t_reply2": np.zeros(n, np.int64), "t_end": t_end.astype(np.int64),
         "connect_attempts": np.ones(n, np.int32), "last_errno": np.zeros(n, np.int32),
         "outcome": np.full(n, "ok", dtype=object), "server_pid": pick("server_pid", 0).astype(np.int64),
+        "srv_hold_ns": pick("srv_hold_ns", 0).astype(np.int64),
+        "srv_hold_end": pick("srv_hold_end", 0).astype(np.int64),
+        "srv_hold_tid": pick("srv_hold_tid", 0).astype(np.int64),
         "conn_row": conn})

@@ -216,6 +216,31 @@ def detect_runq_delay(ctx: Context) -> None:
     ctx.cands.cite(tx, "runq_delay", ev["ev_row"].to_numpy()[rows[j]])
 
 
+def detect_server_processing(ctx: Context) -> None:
+    """The server held the request: from its read of the request to its reply, the longest
+    such hold of the connection (`conn_life` probe: sock_recv_length / sock_send_length on the
+    server's socket), by the thread that replied. Only where the tracer measured it (trace
+    runs, with an application log or not); a run-queue wait of that thread inside the hold
+    takes its own share (runq_delay comes first)."""
+    if "srv_hold_ns" not in ctx.frames.txn:
+        return
+    ti = ctx.spikes
+    hold, end = ctx.col("srv_hold_ns")[ti], ctx.col("srv_hold_end")[ti]
+    t_start, t_end = ctx.col("t_start")[ti], ctx.col("end")[ti]
+    a = end - hold
+    # inside the transaction (an application entry's clock may be a little off the kernel's)
+    ok = (hold > 0) & (end > t_start) & (a < t_end)
+    if not ok.any():
+        return
+    ti, hold, a, b, t0 = ti[ok], hold[ok], a[ok], end[ok], t_start[ok]
+    tid = ctx.col("srv_hold_tid")[ti]
+    sentences = [f"The server held the request {fmt_ns(h)} before replying (thread {int(t)} read it at "
+                 f"{fmt_rel(aa - s)} and replied at {fmt_rel(bb - s)})."
+                 for h, t, aa, bb, s in zip(hold, tid, a, b, t0)]
+    shorts = [f"the server held the request {fmt_ns(h)}" for h in hold]
+    ctx.cands.add(ti, "server_processing", "hold", a, b, sentences, shorts)
+
+
 def detect_delayed_ack(ctx: Context) -> None:
     """FACT delack: a request written in two parts stalls when Nagle's algorithm holds the second
     part until the first is ACKed and the receiver delays that ACK (at least 40 ms). No event

@@ -60,7 +60,8 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
     (client pid, 0 if the client is not local), comm, server_pid, seen (`client`, `server`,
     `both`), syn_retrans, retrans, resets, flags, netns."""
     cols = ["caddr", "cport", "saddr", "sport", "t_open", "t_established", "t_first_data", "t_close",
-            "pid", "comm", "server_pid", "seen", "syn_retrans", "retrans", "resets", "flags", "netns"]
+            "pid", "comm", "server_pid", "seen", "syn_retrans", "retrans", "resets", "flags", "netns",
+            "srv_hold_ns", "srv_hold_end", "srv_hold_tid"]
     if conns is None or conns.empty:
         return pd.DataFrame({c: pd.Series(dtype=object if c in ("caddr", "saddr", "comm", "seen") else np.int64)
                              for c in cols})
@@ -73,14 +74,18 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
         "t_first_data": _int(cl, "t_first_data"), "t_close": _int(cl, "t_close"), "pid": _int(cl, "pid"),
         "comm": cl["comm"].astype(str).to_numpy() if "comm" in cl else "", "server_pid": 0,
         "seen": "client", "syn_retrans": _int(cl, "syn_retrans"), "retrans": _int(cl, "retrans"),
-        "resets": _int(cl, "resets"), "flags": _int(cl, "flags"), "netns": _int(cl, "netns")})
+        "resets": _int(cl, "resets"), "flags": _int(cl, "flags"), "netns": _int(cl, "netns"),
+        "srv_hold_ns": 0, "srv_hold_end": 0, "srv_hold_tid": 0})
     server = pd.DataFrame({  # seen from the server: its peer is the client
         "caddr": _addr(sv["daddr"]), "cport": _int(sv, "dport"), "saddr": _addr(sv["saddr"]),
         "sport": _int(sv, "sport"), "t_open": _int(sv, "t_open"), "t_established": _int(sv, "t_established"),
         "t_first_data": _int(sv, "t_first_data"), "t_close": _int(sv, "t_close"), "pid": 0,
         "comm": "", "server_pid": _int(sv, "pid"), "seen": "server",
         "syn_retrans": _int(sv, "syn_retrans"), "retrans": _int(sv, "retrans"),
-        "resets": _int(sv, "resets"), "flags": _int(sv, "flags"), "netns": _int(sv, "netns")})
+        "resets": _int(sv, "resets"), "flags": _int(sv, "flags"), "netns": _int(sv, "netns"),
+        # the server's longest hold of the conversation: a read of a request to its reply
+        "srv_hold_ns": _int(sv, "hold_ns"), "srv_hold_end": _int(sv, "hold_end"),
+        "srv_hold_tid": _int(sv, "hold_tid")})
     if len(client) and len(server):
         keys = _tuple_key(np.r_[client["caddr"].to_numpy(), server["caddr"].to_numpy()],
                           np.r_[client["cport"].to_numpy(), server["cport"].to_numpy()],
@@ -104,6 +109,8 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
             s_est = server["t_established"].to_numpy()[both]
             fill = (c_est == 0) & (s_est > 0)
             client.loc[client.index[ci[fill]], "t_established"] = s_est[fill]
+            for col in ("srv_hold_ns", "srv_hold_end", "srv_hold_tid"):
+                client.loc[client.index[ci], col] = server[col].to_numpy()[both]
             for col in ("retrans", "resets"):
                 client.loc[client.index[ci], col] = client[col].to_numpy()[ci] + server[col].to_numpy()[both]
             client.loc[client.index[ci], "flags"] = client["flags"].to_numpy()[ci] | server["flags"].to_numpy()[both]
@@ -144,7 +151,9 @@ def transactions_from_kernel(k: pd.DataFrame) -> pd.DataFrame:
         "t_reply2": np.zeros(len(k), np.int64), "t_end": k["t_close"].to_numpy(),
         "connect_attempts": np.ones(len(k), np.int32),
         "last_errno": np.where(refused, facts.ECONNREFUSED, 0).astype(np.int32),
-        "outcome": np.where(failed, "connect_failed", "ok").astype(object)})
+        "outcome": np.where(failed, "connect_failed", "ok").astype(object),
+        "srv_hold_ns": k["srv_hold_ns"].to_numpy(), "srv_hold_end": k["srv_hold_end"].to_numpy(),
+        "srv_hold_tid": k["srv_hold_tid"].to_numpy()})
 
 
 # ---- histograms ----------------------------------------------------------------------------

@@ -32,6 +32,8 @@ SCHEMAS: Dict[str, pa.Schema] = {
         ("netns", pa.uint32()), ("role", _str), ("pid", _i32), ("comm", _str),
         ("saddr", _str), ("sport", _i32), ("daddr", _str), ("dport", _i32),
         ("t_open", _i64), ("t_established", _i64), ("t_first_data", _i64), ("t_close", _i64),
+        ("t_first_read", _i64), ("t_first_write", _i64), ("hold_ns", _i64), ("hold_end", _i64),
+        ("hold_tid", _i32),
         ("syn_retrans", _i32), ("retrans", _i32), ("resets", _i32), ("flags", _i32),
     ]),
     "histograms": pa.schema([
@@ -49,7 +51,7 @@ SCHEMAS: Dict[str, pa.Schema] = {
         ("cause", _str), ("cause_detail", _str), ("causes", _str),
         ("syn_retransmit_ns", _i64), ("synack_retransmit_ns", _i64), ("data_retransmit_ns", _i64),
         ("port_exhaustion_ns", _i64), ("reset_ns", _i64), ("runq_delay_ns", _i64),
-        ("accept_queue_wait_ns", _i64), ("delayed_ack_ns", _i64),
+        ("accept_queue_wait_ns", _i64), ("server_processing_ns", _i64), ("delayed_ack_ns", _i64),
         ("explained_ns", _i64), ("rest_ns", _i64), ("inferred", pa.bool_()),
         ("sentence", _str), ("evidence_events", pa.list_(_i64)), ("server_conn", _i64),
         ("source", _str), ("match", _str), ("match_distance_ns", _i64),

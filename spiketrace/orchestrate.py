@@ -18,10 +18,10 @@ from typing import Any, Callable, Dict, List, Optional
 from spiketrace.recording import Recording, StopRequested
 
 
-# Evidence `run` does not probe: the bench server records its own accept times
-# (server.parquet t_accept), exact; probing the accept wait too would cost ~1.5% of the seed's
-# throughput for nothing (benchmarks/tracer_overhead.py).
-TRACER_SKIP = ("accept_wait",)
+# Evidence `run` does not probe: the bench server records its own accept times and phases
+# (server.parquet t_accept, t_request*, t_reply*), exact; probing the accept wait or the
+# conversation too would cost throughput for nothing (benchmarks/tracer_overhead.py).
+TRACER_SKIP = ("accept_wait", "conn_life")
 
 
 class StopRequest:

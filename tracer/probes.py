@@ -81,6 +81,12 @@ EVIDENCE: Tuple[Evidence, ...] = (
                   needs="state_change"),
         Candidate("inferred", (), "", needs="state_change"),
     )),
+    # a connection's conversation: first read/write, the longest hold (6.3+; rawtp.c)
+    Evidence("conn_life", (
+        Candidate("raw_tracepoint", (("sock_recv_length", "raw_conn_recv", ()),
+                                     ("sock_send_length", "raw_conn_send", ())),
+                  "USE_RAW_CONN_LIFE", needs="state_change", min_args=2),
+    )),
     Evidence("accept_wait", (
         Candidate("kretprobe", (("inet_csk_accept", "kretp_inet_csk_accept", ()),),
                   "USE_KP_ACCEPT_WAIT", needs="state_change"),
@@ -139,10 +145,16 @@ class Plan:
     notes: List[str]
 
     def attachments(self) -> List[Tuple[str, str, str, str]]:
-        """(evidence, backend, target, BPF function) for every attach, in order."""
-        out = []
+        """(evidence, backend, target, BPF function) for every attach, in order. A raw
+        tracepoint takes one program (BCC): where two evidences use one (conn_life and
+        accept_wait on sock_recv_length), the first's program does both (rawtp.c)."""
+        out, seen = [], set()
         for name, cand in self.chosen.items():
             for target, fn, _ in cand.attach:
+                if cand.backend == "raw_tracepoint":
+                    if target in seen:
+                        continue
+                    seen.add(target)
                 out.append((name, cand.backend, target, fn))
         return out
 

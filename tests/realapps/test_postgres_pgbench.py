@@ -5,8 +5,9 @@ application stall on purpose: pgbench's log names the script of every transactio
 
 Scored against what the client measured itself (pgbench -l, one line per transaction): every
 transaction the client saw take over 100 ms must be a spike of the report, matched to its kernel
-connection; no spike may be explained by a segment retransmitted after its sender closed (a tail
-loss probe in FIN_WAIT1 that the peer drops as TCP_OLD_DATA is close-time noise). The figures
+connection; the stalls must be named `server_processing` (the server held the request); no spike
+may be explained by a segment retransmitted after its sender closed (a tail loss probe in
+FIN_WAIT1 that the peer drops as TCP_OLD_DATA is close-time noise). The figures
 (found, causes, the stalls' causes) are written to the run directory as score.json.
 """
 from __future__ import annotations
@@ -88,6 +89,9 @@ def test_pgbench_slow_transactions_are_found_and_explained(tmp_path, pgdata, hos
     print(result.line(), "stalls:", stall_causes.to_dict())
 
     assert result.found == result.client_slow, result.line()
+    # the injected application stall is named as the server's own time (server_processing,
+    # from the conn_life probe: the server's read of the query to its reply)
+    assert stall_causes.get("server_processing", 0) >= 0.8 * len(stalls), stall_causes.to_dict()
     # no data retransmit explained by a segment sent after its owner closed
     run = RunDir.open(tmp_path / "run")
     events = run.table("events")

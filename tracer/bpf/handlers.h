@@ -501,6 +501,37 @@ static __always_inline int handle_drop(void *ctx, const void *skb, const void *r
 	return 0;
 }
 
+/* sock_recv_length / sock_send_length (6.3+): this side read or wrote `ret` bytes of data. The
+ * first read and write, and the longest hold: from a read to the next write (a server's
+ * processing of a request, with the thread that replied). Only tracked connections. */
+static __always_inline int handle_io(const void *sk, int ret, int write)
+{
+	struct st_conn *c;
+	u64 now;
+
+	if (ret <= 0)
+		return 0;
+	c = conn_find(sk);
+	if (!c)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (!write) {
+		if (!c->t_first_read)
+			c->t_first_read = now;
+		c->t_last_read = now;
+		return 0;
+	}
+	if (!c->t_first_write)
+		c->t_first_write = now;
+	if (c->t_last_read > c->t_last_write && now - c->t_last_read > c->hold_ns) {
+		c->hold_ns = now - c->t_last_read;
+		c->hold_end = now;
+		c->hold_tid = (u32)bpf_get_current_pid_tgid();
+	}
+	c->t_last_write = now;
+	return 0;
+}
+
 /* The server process (current) took up server connection `c`: its accept() returned it, or
  * (sock_recv_length) it first read from it. The wait since its ESTABLISHED. */
 static __always_inline int handle_accepted(void *ctx, struct st_conn *c)

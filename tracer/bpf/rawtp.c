@@ -91,7 +91,27 @@ int raw_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
 }
 #endif
 
+#ifdef USE_RAW_CONN_LIFE
+/* sock_recv_length(struct sock *sk, int ret, int flags) / sock_send_length(sk, ret, flags),
+ * 6.3+: every recvmsg / sendmsg; a tracked connection's conversation (handle_io). */
+int raw_conn_recv(struct bpf_raw_tracepoint_args *ctx)
+{
+	const void *sk = (const void *)RAW_ARG(ctx, 0);
 #ifdef USE_RAW_ACCEPT_WAIT
+	/* one program per raw tracepoint (BCC): the accept wait's first read is taken here too */
+	if (pending_count() > 0)
+		handle_accepted(ctx, conn_find(sk));
+#endif
+	return handle_io(sk, (int)RAW_ARG(ctx, 1), 0);
+}
+
+int raw_conn_send(struct bpf_raw_tracepoint_args *ctx)
+{
+	return handle_io((const void *)RAW_ARG(ctx, 0), (int)RAW_ARG(ctx, 1), 1);
+}
+#endif
+
+#if defined(USE_RAW_ACCEPT_WAIT) && !defined(USE_RAW_CONN_LIFE)
 /* sock_recv_length(struct sock *sk, int ret, int flags), 6.3+: every recvmsg on a socket. The
  * server's first one on a server connection ends its wait: ESTABLISHED -> accept() and first
  * read, an upper bound of the accept-queue wait (equal to it for a server that reads right

@@ -79,6 +79,17 @@ struct st_conn {
 	__u64 t_established;
 	__u64 t_first_data;  /* 0: not traced with tracepoints */
 	__u64 t_close;
+	/* this side's conversation (sock_recv_length / sock_send_length, 6.3+; 0 if not probed):
+	 * first read and first write of data, and the longest time it held the conversation, from
+	 * a read to its next write (a server: processing a request; a client: its own time) */
+	__u64 t_first_read;
+	__u64 t_first_write;
+	__u64 t_last_read;
+	__u64 t_last_write;
+	__u64 hold_ns;
+	__u64 hold_end;      /* when the write that ended the longest hold went out */
+	__u32 hold_tid;      /* the thread that wrote it */
+	__u32 pad2;
 	__u32 netns;
 	__u32 pid;           /* connecting / accepting tgid, 0 if unknown */
 	__u16 sport;
