@@ -213,7 +213,7 @@ install_daemon() {
         run install -m 0644 "$here/deploy/systemd/trace.conf" "$conf"
     fi
     say "daemon: installing $unit"
-    sed "s|/opt/spiketrace|$here|g" "$here/deploy/systemd/spiketrace.service" | run tee "$unit" >/dev/null
+    run install -m 0644 /dev/stdin "$unit" < <(sed "s|/opt/spiketrace|$here|g" "$here/deploy/systemd/spiketrace.service")
     if [ -d /run/systemd/system ]; then
         run systemctl daemon-reload
         run systemctl enable --now spiketrace.service || die "systemctl could not start spiketrace: see journalctl -u spiketrace"

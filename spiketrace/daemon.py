@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import datetime as dt
 import os
 import queue
 import threading
@@ -24,12 +23,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from common.errors import SpikeTraceError
-from common.vocab import describe_connection, describe_event
+from common.vocab import describe_event
+from spiketrace.live import EventFeed, event_line  # noqa: F401  (event_line: the live line)
 
-# Too frequent to print one line each; they are recorded with --all-events.
-QUIET_KINDS = {"state_change", "time_wait"}
 MAX_LINES_PER_S = 50
-TASK_KINDS = {"runq_delay"}  # no socket: the tuple columns say nothing
 
 
 @dataclasses.dataclass
@@ -121,48 +118,6 @@ def _netns_ref(opts: TraceOptions):
     return None
 
 
-# -- live output -----------------------------------------------------------------------------------
-def _addr(ev: Dict[str, Any], side: str) -> str:
-    addr, port = ev.get(f"{side}addr") or "?", ev.get(f"{side}port") or 0
-    if addr in ("?", "0.0.0.0", "::") and not port:
-        return "-"
-    return f"[{addr}]:{port}" if ":" in str(addr) else f"{addr}:{port}"
-
-
-def event_line(ev: Dict[str, Any], wall: dt.datetime, drops=None, resets=None) -> str:
-    """One live line: local time, kind, pid/comm, the 4-tuple, the event in words."""
-    conn = "t_open" in ev
-    kind = "slow_connection" if conn else ev.get("kind") or "?"
-    detail = describe_connection(ev) if conn else describe_event(ev, drops, resets)
-    who = f"{ev.get('pid') or 0}/{ev.get('comm') or '-'}"
-    if kind in TASK_KINDS:
-        local, remote = f"cpu {ev.get('value2', 0)}", "-"
-    else:
-        local, remote = _addr(ev, "s"), _addr(ev, "d")
-    return (f"{wall.astimezone().strftime('%H:%M:%S.%f')[:-3]} {kind:<17} {who:<20} "
-            f"{local:>21} > {remote:<21} {detail}")
-
-
-class EventFeed:
-    """Hands events from the tracer's consumer thread to the main loop: bounded, never blocks
-    the consumer (a full queue drops *display* lines only; every event is still recorded)."""
-
-    def __init__(self, show_quiet: bool):
-        self.queue: "queue.Queue[Dict[str, Any]]" = queue.Queue(maxsize=10_000)
-        self.show_quiet = show_quiet
-        self.seen = 0
-        self.not_shown = 0
-
-    def __call__(self, ev: Dict[str, Any]) -> None:
-        self.seen += 1
-        if not self.show_quiet and ev.get("kind") in QUIET_KINDS:
-            return
-        try:
-            self.queue.put_nowait(ev)
-        except queue.Full:
-            self.not_shown += 1
-
-
 # -- the daemon ----------------------------------------------------------------------------------
 class Daemon:
     """One trace session: set up, loop, tear down. `stop()` and `hangup()` may be called from a
@@ -184,6 +139,7 @@ class Daemon:
         self.explainer = None
         self.window = None
         self.resolver = None
+        self.metrics_server = None
         self.output = out or Output(opts.log)
         self.events_by_kind: "collections.Counter[str]" = collections.Counter()
         self.syn_retransmits = 0
@@ -216,12 +172,6 @@ class Daemon:
         tracer = self.rec.tracer if self.rec is not None else None
         return tracer.stats(total=True) if tracer is not None else None
 
-    def program_stats(self):
-        from tracer.upkeep import program_stats
-
-        tracer = self.rec.tracer if self.rec is not None else None
-        return program_stats(tracer) if tracer is not None and self._stats_fd is not None else {}
-
     def write_health(self) -> Dict[str, Any]:
         h = {"errors": 0, "rows_dropped": 0, "last_error": None}
         if self.rec is not None and self.rec.tracer is not None:
@@ -234,17 +184,6 @@ class Daemon:
         h["errors"] += int("meta" in self.problems)
         return h
 
-    def disk_bytes(self) -> int:
-        from spiketrace.segments import dir_bytes
-
-        if self.segments is not None:
-            return self.segments.total_bytes()
-        if self.rec is None:
-            return 0
-        if time.monotonic() - self._disk[1] >= 5:
-            self._disk = (dir_bytes(self.rec.path), time.monotonic())
-        return self._disk[0]
-
     # ---- the run ----
     def run(self) -> Path:
         from spiketrace.metrics import MetricsServer
@@ -252,6 +191,7 @@ class Daemon:
 
         opts = self.opts
         metrics = MetricsServer(opts.metrics, self) if opts.metrics else None  # a port in use: now
+        self.metrics_server = metrics
         try:
             if opts.max_size or opts.max_age_s:
                 root = Path(opts.out) if opts.out is not None else _default_root(opts.runs_dir)

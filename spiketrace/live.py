@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import queue
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -27,7 +28,7 @@ import numpy as np
 
 from common.errors import SpikeTraceError
 from common.schema import SCHEMAS
-from common.vocab import fmt_ns, state_name
+from common.vocab import describe_connection, describe_event, fmt_ns, state_name
 
 TIME_COLUMN = {"events": "t_ns", "counters": "t_ns", "connections": "t_close"}
 SpikeKey = Tuple[str, int, str, int, int]  # client addr, port, server addr, port, open time
@@ -217,6 +218,52 @@ class LiveExplainer:
 
 
 # ---- rendering: one line or one JSON object per event and per spike ----------------------------
+# Too frequent to print one line each; they are recorded with --all-events.
+QUIET_KINDS = {"state_change", "time_wait"}
+TASK_KINDS = {"runq_delay"}  # no socket: the tuple columns say nothing
+
+
+def _addr(ev: Dict[str, Any], side: str) -> str:
+    addr, port = ev.get(f"{side}addr") or "?", ev.get(f"{side}port") or 0
+    if addr in ("?", "0.0.0.0", "::") and not port:
+        return "-"
+    return f"[{addr}]:{port}" if ":" in str(addr) else f"{addr}:{port}"
+
+
+def event_line(ev: Dict[str, Any], wall: dt.datetime, drops=None, resets=None) -> str:
+    """One live line: local time, kind, pid/comm, the 4-tuple, the event in words."""
+    conn = "t_open" in ev
+    kind = "slow_connection" if conn else ev.get("kind") or "?"
+    detail = describe_connection(ev) if conn else describe_event(ev, drops, resets)
+    who = f"{ev.get('pid') or 0}/{ev.get('comm') or '-'}"
+    if kind in TASK_KINDS:
+        local, remote = f"cpu {ev.get('value2', 0)}", "-"
+    else:
+        local, remote = _addr(ev, "s"), _addr(ev, "d")
+    return (f"{wall.astimezone().strftime('%H:%M:%S.%f')[:-3]} {kind:<17} {who:<20} "
+            f"{local:>21} > {remote:<21} {detail}")
+
+
+class EventFeed:
+    """Hands events from the tracer's consumer thread to the main loop: bounded, never blocks
+    the consumer (a full queue drops *display* lines only; every event is still recorded)."""
+
+    def __init__(self, show_quiet: bool):
+        self.queue: "queue.Queue[Dict[str, Any]]" = queue.Queue(maxsize=10_000)
+        self.show_quiet = show_quiet
+        self.seen = 0
+        self.not_shown = 0
+
+    def __call__(self, ev: Dict[str, Any]) -> None:
+        self.seen += 1
+        if not self.show_quiet and ev.get("kind") in QUIET_KINDS:
+            return
+        try:
+            self.queue.put_nowait(ev)
+        except queue.Full:
+            self.not_shown += 1
+
+
 def _wall(meta, t_ns: int) -> dt.datetime:
     return meta.wall_time(t_ns)
 

@@ -12,8 +12,11 @@ event kinds, loss kinds, probes, the traced ports). docs/trace.md lists every me
 """
 from __future__ import annotations
 
+import collections
 import errno
-from typing import Iterable, Optional, Tuple
+import os
+import time
+from typing import Dict, Iterable, Optional, Tuple
 
 from common.errors import SpikeTraceError
 
@@ -111,7 +114,7 @@ class DaemonCollector:
         for evidence, backend in sorted((d.meta.probes if d.meta else {}).items()):
             g.add_metric([evidence, backend], 0 if backend in ("unavailable", "skipped") else 1)
         yield g
-        prog = d.program_stats()
+        prog = program_stats(d)
         if prog:
             runs = Counter("spiketrace_bpf_runs", "BPF program runs (while BPF statistics are on)",
                            labels=["program"])
@@ -129,6 +132,11 @@ class DaemonCollector:
             size.add_metric([name], cap)
         yield used
         yield size
+        t = Counter("spiketrace_thread_cpu_seconds", "CPU time of the daemon's threads (main loop and live "
+                    "analysis, tracer consumer, counter sampler, metrics server, other)", labels=["thread"])
+        for name, secs in sorted(thread_cpu(d).items()):
+            t.add_metric([name], secs)
+        yield t
         yield Counter("spiketrace_pids_expired", "Learned processes forgotten after they exited",
                       value=d.pids_expired)
 
@@ -172,7 +180,7 @@ class DaemonCollector:
         yield Gauge("spiketrace_recording_ok", "1 while the last write succeeded, else 0",
                     value=0 if h["last_error"] else 1)
         yield Gauge("spiketrace_recording_bytes", "Disk used by the recording (every segment)",
-                    value=d.disk_bytes())
+                    value=disk_bytes(d))
         seg = d.segments
         if seg is not None:
             yield Gauge("spiketrace_recording_segments", "Recording segments on disk", value=seg.count())
@@ -203,3 +211,43 @@ def scrape(url: str, timeout: float = 5.0) -> dict:
 
 def value(samples: dict, name: str, **labels) -> Optional[float]:
     return samples.get((name, frozenset(labels.items())))
+
+
+# ---- readings of the daemon that only the metrics need ----
+def thread_cpu(d) -> Dict[str, float]:
+    """CPU seconds of this process's threads by role (where the daemon's time goes)."""
+    roles = {os.getpid(): "main"}
+    for role, thread in (("tracer", getattr(d.rec.tracer, "_thread", None) if d.rec else None),
+                         ("counters", getattr(d.sampler, "_thread", None)),
+                         ("metrics", getattr(d.metrics_server, "thread", None))):
+        if thread is not None and thread.native_id:
+            roles[thread.native_id] = role
+    out: Dict[str, float] = collections.defaultdict(float)
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[roles.get(int(tid), "other")] += (int(fields[11]) + int(fields[12])) / tick
+    return dict(out)
+
+
+def disk_bytes(d) -> int:
+    from spiketrace.segments import dir_bytes
+
+    if d.segments is not None:
+        return d.segments.total_bytes()
+    if d.rec is None:
+        return 0
+    if time.monotonic() - d._disk[1] >= 5:
+        d._disk = (dir_bytes(d.rec.path), time.monotonic())
+    return d._disk[0]
+
+
+def program_stats(d):
+    from tracer.upkeep import program_stats
+
+    tracer = d.rec.tracer if d.rec is not None else None
+    return program_stats(tracer) if tracer is not None and d._stats_fd is not None else {}

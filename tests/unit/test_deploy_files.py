@@ -164,7 +164,7 @@ def test_install_daemon_dry_run_installs_the_unit_and_the_config():
                           text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "+ tee /etc/systemd/system/spiketrace.service" in out
+    assert "+ install -m 0644 /dev/stdin /etc/systemd/system/spiketrace.service" in out
     assert "/etc/spiketrace/trace.conf" in out
     running = Path("/run/systemd/system").is_dir()
     assert ("systemctl enable --now spiketrace.service" in out) == running
