@@ -48,7 +48,7 @@ def detect_data_retransmit(ctx: Context) -> None:
     for k in range(len(ti)):
         what = "request" if side[k] == "client" else "reply"
         who = "client" if side[k] == "client" else "server"
-        lost = f"was {facts.describe_drop(drops[(ti[k], ph[k])])}" if (ti[k], ph[k]) in drops else "was lost"
+        lost = f"was {_drop_words(ctx, ti[k], *drops[(ti[k], ph[k])])}" if (ti[k], ph[k]) in drops else "was lost"
         how = ("by a tail loss probe" if tlp[k] else
                "when the retransmission timer fired (RTO, at least 200 ms)")
         times = f" ({n[k]} retransmits, the last at {fmt_rel(t_last[k] - t_start[k])})" if n[k] > 1 else ""
@@ -94,8 +94,9 @@ def _infer_data_retransmit(ctx: Context, exclude: np.ndarray) -> None:
         who, what = ("client", "request") if client else ("server", "reply")
         name = names.get(int(drops["reason"].iat[k]), str(int(drops["reason"].iat[k])))
         how = "by a tail loss probe (TCPLossProbes grew)" if tlp[k] else "(Tcp.RetransSegs grew)"
+        words = _drop_words(ctx, ti[k], name, int(drops["t_ns"].iat[k]), str(drops["side"].iat[k]))
         sentences.append(
-            f"A data segment of the {who}'s {what} in {_EXCHANGE[phase[k]]} was {facts.describe_drop(name)}; "
+            f"A data segment of the {who}'s {what} in {_EXCHANGE[phase[k]]} was {words}; "
             f"the {who} retransmitted it {how}, and the exchange completed {fmt_ns(b[k] - a[k])} after it "
             f"began (inferred from the drop and the counters: no retransmit event was recorded).")
         shorts.append(f"a data retransmit (inferred) cost {fmt_ns(b[k] - a[k])}")
@@ -111,8 +112,32 @@ def _drop_reasons(ctx: Context, retrans: pd.DataFrame) -> dict:
     phase, _ = ctx.phase_start(drops["ti"].to_numpy(), drops["t_ns"].to_numpy())
     names = facts.drop_reason_names(ctx.meta)
     ctx.cands.cite(drops["ti"].to_numpy(), "data_retransmit", drops["ev_row"].to_numpy())
-    return {(int(t), int(p)): names.get(int(r), str(int(r)))
-            for t, p, r in zip(drops["ti"].to_numpy(), phase, drops["reason"].to_numpy())}
+    return {(int(t), int(p)): (names.get(int(r), str(int(r))), int(at), str(sd))
+            for t, p, r, at, sd in zip(drops["ti"].to_numpy(), phase, drops["reason"].to_numpy(),
+                                       drops["t_ns"].to_numpy(), drops["side"].astype(str).to_numpy())}
+
+
+# what a listener does with a segment of a connection it has no socket for yet
+_NO_CHILD_YET = ("NO_SOCKET", "TCP_FLAGS", "TCP_LISTEN_OVERFLOW")
+
+
+def _drop_words(ctx: Context, ti: int, name: str, t_drop: int, side: str) -> str:
+    """A drop in words. FACT accept-queue: when the handshake's last ACK meets a full accept
+    queue the server keeps no socket for the connection, so the client's first data segment
+    reaches the listener and is dropped (NO_SOCKET / TCP_FLAGS, TCP_LISTEN_OVERFLOW since 6.15):
+    the cause is the overflow, which ListenOverflows counts, not a missing listener."""
+    base = str(name).replace("SKB_DROP_REASON_", "")
+    if side == "server" and base in _NO_CHILD_YET:
+        t_conn = int(ctx.col("t_connected")[ti]) or int(ctx.col("t_start")[ti])
+        grew = ctx.growth("TcpExt.ListenOverflows", np.array([t_conn - ctx.period_ns]), np.array([t_drop]))[0]
+        if grew > 0:
+            port = ctx.col("remote_port")[ti:ti + 1]
+            backlog = ctx.backlog(port, np.array([t_conn]))[0]
+            bl = f" (backlog {backlog})" if backlog >= 0 else ""
+            return (f"dropped because the listener's accept queue{bl} was full when the handshake's last "
+                    f"ACK arrived, so the server had no socket for the connection yet (ListenOverflows "
+                    f"+{grew}; drop reason {name})")
+    return facts.describe_drop(name)
 
 
 def detect_accept_queue_wait(ctx: Context) -> None:

@@ -395,3 +395,34 @@ def test_a_tail_loss_probe_after_the_close_is_not_a_lost_request(tmp_path):
     result, _ = run_with(tmp_path, build)
     e = only_spike(result)
     assert e.cause != "data_retransmit" and e.data_retransmit_ns == 0, e.sentence
+
+
+def test_request_dropped_after_a_final_ack_overflow_names_the_overflow(tmp_path):
+    """The handshake's last ACK met a full accept queue: the server kept no socket, the
+    request reached the listener and was dropped (NO_SOCKET), the client retransmitted it. The
+    listener was up and ListenOverflows grew: the cause is the overflow, not 'nothing listening'."""
+    def build(run):
+        run.meta.drop_reasons = {"3": "NO_SOCKET"}
+        t = run.txn(ex1_ms=205.2)
+        run.counter("TcpExt.ListenOverflows", t["t_start"] - 10 * MS, 7)
+        run.counter("TcpExt.ListenOverflows", t["t_connected"] + 1 * MS, 8)
+        run.event("drop", t["t_connected"] + 30_000, t, side="server", state=10, reason=3)
+        run.event("retransmit", t["t_connected"] + 205 * MS, t, state=1, value=1)
+
+    result, _ = run_with(tmp_path, build)
+    e = only_spike(result)
+    assert e.cause == "data_retransmit"
+    assert "accept queue (backlog 1) was full when the handshake's last ACK arrived" in e.sentence
+    assert "ListenOverflows +1" in e.sentence and "nothing listening" not in e.sentence
+
+
+def test_a_drop_with_no_socket_and_no_overflow_still_says_no_socket(tmp_path):
+    def build(run):
+        run.meta.drop_reasons = {"3": "NO_SOCKET"}
+        t = run.txn(ex1_ms=205.2)
+        run.counter("TcpExt.ListenOverflows", t["t_start"] - 10 * MS, 7)
+        run.event("drop", t["t_connected"] + 30_000, t, side="server", state=10, reason=3)
+        run.event("retransmit", t["t_connected"] + 205 * MS, t, state=1, value=1)
+
+    result, _ = run_with(tmp_path, build)
+    assert "no socket was there to take it" in only_spike(result).sentence
