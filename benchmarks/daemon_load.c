@@ -1,7 +1,7 @@
 /* Load for the daemon benchmarks (benchmarks/daemon_soak.py, daemon_cost.py): connections per
  * second from short-lived client processes, at a steady rate the Python clients cannot reach.
  *
- *   daemon_load server PORT                      accept, read until EOF, close (forever)
+ *   daemon_load server PORT                      2 processes: accept, read the byte, close (forever)
  *   daemon_load client PORT RATE SECONDS PER_CHILD
  *       open loop: RATE connections/s to 127.0.0.1:PORT for SECONDS; each connection sends one
  *       byte and closes; a new child process makes every PER_CHILD connections, so pids churn
@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -38,12 +39,14 @@ static int serve(int port)
 		return 1;
 	}
 	signal(SIGCHLD, SIG_IGN);
+	if (fork() == 0)
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* a second worker, gone with the first */
 	for (;;) {
 		int c = accept(ls, NULL, NULL);
 		if (c < 0)
 			continue;
-		while (read(c, buf, sizeof(buf)) > 0)
-			;
+		if (read(c, buf, sizeof(buf)) < 0)
+			perror("read");
 		close(c);
 	}
 }

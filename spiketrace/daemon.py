@@ -147,6 +147,7 @@ class Daemon:
         self.spikes_open = 0
         self.map_fill: Dict[str, tuple] = {}
         self.pids_expired = 0
+        self.last_retransmit = -1e9
         self.problems: Dict[str, str] = {}  # what went wrong while running, said once each
         self._lines_budget = float(MAX_LINES_PER_S)
         self._budget_t = time.monotonic()
@@ -275,6 +276,8 @@ class Daemon:
         """Every row the tracer records, in its consumer thread: counted, and kept for live."""
         if table == "events":
             self.events_by_kind.update(cols["kind"])
+            if "retransmit" in cols["kind"] or "synack_retransmit" in cols["kind"]:
+                self.last_retransmit = time.monotonic()  # a connection may be stuck: scan (live)
             self.syn_retransmits += sum(1 for k, s in zip(cols["kind"], cols["state"])
                                         if k == "retransmit" and s == 2)
         if self.window is not None:
@@ -324,6 +327,8 @@ class Daemon:
         self._lines_budget = min(MAX_LINES_PER_S, self._lines_budget + (now - self._budget_t) *
                                  MAX_LINES_PER_S)
         self._budget_t = now
+        if self.feed.queue.empty() and not (self._skipped_lines or self.feed.not_shown):
+            return
         drops, resets = self.meta.reason_names("drop"), self.meta.reason_names("reset")
         wrote = False
         while True:

@@ -13,6 +13,7 @@ from common.errors import SpikeTraceError
 LIVE_PERIOD_S = 1.0
 HIST_PERIOD_S = 10.0  # the median of all connections moves slowly
 SEGMENT_CHECK_S = 5.0
+TRIM_PERIOD_S = 10.0
 
 
 class Tasks:
@@ -29,6 +30,7 @@ class Tasks:
         self._hists = None
         self._hists_t = -1e9
         self._open_rows = None
+        self._next_trim = 0.0
 
     def _scan_period(self) -> float:
         return max(1.0, self.d.opts.open_after_s / 2) if self.d.opts.open_after_s > 0 else 30.0
@@ -46,7 +48,11 @@ class Tasks:
             d.hup.clear()
             self.hangup()
         if d.explainer is not None and (final or self._due("live", now, LIVE_PERIOD_S)):
-            if self._due("scan", now, self._scan_period()):
+            # a connection stuck in its handshake or retransmitting sends retransmit events
+            # (backing off up to a minute apart): without one lately, no connection can be
+            # stuck, and the 11 MB read of the connection map is skipped
+            stuck = now - d.last_retransmit < max(60.0, 2 * o.open_after_s)
+            if stuck and o.open_after_s > 0 and self._due("scan", now, self._scan_period()):
                 self.scan()
             self.live(final)
         if final:
@@ -85,6 +91,9 @@ class Tasks:
         if final:
             now_ns += d.explainer.grace_ns  # at stop: everything closed so far is due
         open_rows, self._open_rows = self._open_rows, None
+        if time.monotonic() >= self._next_trim:  # bounded memory, whether or not spikes come
+            self._next_trim = time.monotonic() + TRIM_PERIOD_S
+            d.window.trim(now_ns)
         if not d.explainer.due(now_ns, open_rows):
             return
         spikes = d.explainer.tick(d.meta, d.rec.path, now_ns, self.histograms(), open_rows)
@@ -100,7 +109,6 @@ class Tasks:
             d.output.write(dumps(spike_json(s, d.meta)) if d.opts.json else spike_line(s, d.meta))
         if spikes:
             d.output.flush()
-        d.window.trim(time.monotonic_ns())
 
     def histograms(self) -> Dict[str, List]:
         """The kernel's histograms (every connection: the median), read every few seconds."""
@@ -133,8 +141,7 @@ class Tasks:
         d.map_fill["task_slots"] = (out["task_slots_used"], 65536)
         if d.resolver is not None:
             d.resolver.forget_gone()
-        if d.explainer is None:
-            self.scan()
+        self.scan()  # the connection map's fill, for the metrics
 
     def checkpoint(self) -> None:
         d = self.d

@@ -30,6 +30,7 @@ from common.errors import SpikeTraceError
 from common.schema import SCHEMAS
 from common.vocab import describe_connection, describe_event, fmt_ns, state_name
 
+MAX_WAIT_S = 30.0
 TIME_COLUMN = {"events": "t_ns", "counters": "t_ns", "connections": "t_close"}
 SpikeKey = Tuple[str, int, str, int, int]  # client addr, port, server addr, port, open time
 
@@ -47,7 +48,7 @@ class LiveWindow:
         self._lock = threading.Lock()
         self._cols = {t: {c: [] for c in SCHEMAS[t].names} for t in TIME_COLUMN}
         self._counter_base: Dict[str, Tuple[int, int]] = {}  # name -> (t_ns, value)
-        self.closed_pending: List[int] = []  # close times of connections not analysed yet
+        self.pending: List[Tuple[int, int]] = []  # (open, close) of connections not analysed yet
         self.trimmed = 0
 
     def add(self, table: str, cols: Dict[str, list]) -> None:
@@ -56,7 +57,7 @@ class LiveWindow:
             for name, col in dest.items():
                 col.extend(cols[name])
             if table == "connections":
-                self.closed_pending.extend(t for t in cols["t_close"] if t)
+                self.pending.extend((o or c, c) for o, c in zip(cols["t_open"], cols["t_close"]) if c)
         if table == "connections" and self.on_connection is not None:
             for pid in set(cols["pid"]):
                 self.on_connection(pid)
@@ -90,16 +91,28 @@ class LiveWindow:
                     col = cols[name]
                     cols[name] = [col[i] for i in idx.tolist()]
 
-    def snapshot(self, extra_connections: Optional[Dict[str, list]] = None) -> Dict[str, Dict[str, list]]:
-        """Copies of the window's columns (counters with their base values first)."""
+    def snapshot(self, since_ns: int = 0,
+                 extra_connections: Optional[Dict[str, list]] = None) -> Dict[str, Dict[str, list]]:
+        """Copies of the window's rows from `since_ns` on (connections that closed since, events
+        and counter samples since), each counter's value at `since_ns` first: the evidence of
+        every connection open at or after `since_ns`, read like a recording that began then."""
         with self._lock:
-            out = {t: {c: list(v) for c, v in cols.items()} for t, cols in self._cols.items()}
+            cols = {t: {c: list(v) for c, v in tc.items()} for t, tc in self._cols.items()}
             base = dict(self._counter_base)
+        out = {}
+        for table, tc in cols.items():
+            t = np.asarray(tc[TIME_COLUMN[table]], dtype=np.int64)
+            keep = (t >= since_ns) | (t == 0) if table == "connections" else t >= since_ns
+            if table == "counters" and len(t):
+                for name, tv, v in zip(np.asarray(tc["name"], dtype=object)[~keep].tolist(),
+                                       t[~keep].tolist(), np.asarray(tc["value"])[~keep].tolist()):
+                    base[name] = (tv, v)
+            idx = np.flatnonzero(keep).tolist()
+            out[table] = {c: [col[i] for i in idx] for c, col in tc.items()} if len(idx) < len(t) else tc
         if base:
-            first = min((t for t, _ in base.values()), default=0)
-            c = out["counters"]
             names = list(base)
-            c["t_ns"] = [first] * len(names) + c["t_ns"]
+            c = out["counters"]
+            c["t_ns"] = [since_ns] * len(names) + c["t_ns"]
             c["name"] = names + c["name"]
             c["value"] = [base[n][1] for n in names] + c["value"]
         if extra_connections:
@@ -141,6 +154,9 @@ class LiveExplainer:
         self.open_after_ns = int(open_after_s * 1e9)
         self.grace_ns = int(grace_s * 1e9)
         self.reported: Dict[SpikeKey, bool] = {}  # key -> reported as closed (True) or open
+        self.lookback_ns = int(1e9)  # evidence up to 1 s before a connection's open (as report's slack)
+        self.max_share = 0.02  # of one CPU, on live analyses (~0.3 s each here, mostly fixed cost)
+        self._next_ns = 0
         self.analyses = 0
         self.analysis_s = 0.0
         self.errors = 0
@@ -148,7 +164,9 @@ class LiveExplainer:
 
     def due(self, now_ns: int, open_rows: Optional[Dict[str, list]] = None) -> bool:
         ready = now_ns - self.grace_ns
-        return any(t <= ready for t in self.window.closed_pending) or bool(open_rows and open_rows["t_open"])
+        if now_ns < self._next_ns:
+            return False  # the cost bound: see `tick`
+        return any(c <= ready for _o, c in self.window.pending) or bool(open_rows and open_rows["t_open"])
 
     def tick(self, meta, path, now_ns: int, histograms: Optional[Dict[str, list]] = None,
              open_rows: Optional[Dict[str, list]] = None) -> List[Spike]:
@@ -159,16 +177,19 @@ class LiveExplainer:
         if not self.due(now_ns, open_rows):
             return []
         ready = now_ns - self.grace_ns
-        self.window.closed_pending = [t for t in self.window.closed_pending if t > ready]
+        due = [o for o, c in self.window.pending if c <= ready]
+        self.window.pending = [(o, c) for o, c in self.window.pending if c > ready]
         opened = {}
         if open_rows and open_rows["t_open"]:
             open_rows = dict(open_rows, t_close=[now_ns] * len(open_rows["t_open"]))
             opened = {(p, t) for p, t in zip(open_rows["sport"], open_rows["t_open"])}
-        tables = self.window.snapshot(open_rows)
+            due += list(open_rows["t_open"])
+        # only what the due connections need: from a little before the oldest one's open
+        tables = self.window.snapshot(max(min(due) - self.lookback_ns, 0), open_rows)
         if histograms:
             tables["histograms"] = histograms
         run = MemoryRun(path, dataclasses.replace(meta, notes=[], counts=dict(meta.counts)), tables)
-        started = time.perf_counter()
+        started = time.thread_time()  # CPU time: what the budget is about
         try:
             result = analyse(run, self.options)
         except SpikeTraceError:
@@ -178,8 +199,13 @@ class LiveExplainer:
             self.last_error = f"{type(exc).__name__}: {exc}"
             return []
         finally:
+            took = time.thread_time() - started
             self.analyses += 1
-            self.analysis_s += time.perf_counter() - started
+            self.analysis_s += took
+            # at most `max_share` of a CPU on live analysis: after a slow one, wait longer (the
+            # spikes are then reported a few seconds later, together), but never later than
+            # MAX_WAIT_S, well within the window's horizon
+            self._next_ns = now_ns + int(min(took / self.max_share, MAX_WAIT_S) * 1e9)
         return self._new_spikes(result, opened, ready)
 
     def _new_spikes(self, result, opened, ready: int) -> List[Spike]:
