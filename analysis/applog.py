@@ -386,4 +386,7 @@ def _transactions(e: pd.DataFrame, t_start: np.ndarray, dur: np.ndarray, conn: n
         "srv_hold_ns": pick("srv_hold_ns", 0).astype(np.int64),
         "srv_hold_end": pick("srv_hold_end", 0).astype(np.int64),
         "srv_hold_tid": pick("srv_hold_tid", 0).astype(np.int64),
+        "tid": pick("tid", 0).astype(np.int64),
+        "srv_tid": np.where(pick("srv_hold_tid", 0).astype(np.int64) > 0, pick("srv_hold_tid", 0),
+                            pick("srv_tid", 0)).astype(np.int64),
         "conn_row": conn})

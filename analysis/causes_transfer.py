@@ -198,8 +198,15 @@ def detect_runq_delay(ctx: Context) -> None:
     e_pid = ev["pid"].to_numpy()[rows]
     ti = ctx.spikes
     t_start, end = ctx.col("t_start"), ctx.col("end")
+    # run-queue delays are per thread (the event's pid is the delayed thread): the client's
+    # thread is the one that connected where the kernel recorded it, else its process (tid ==
+    # pid for a single-threaded client)
+    client = ctx.col("pid")[ti].astype(np.int64)
+    if "tid" in ctx.frames.txn:
+        tid = ctx.col("tid")[ti].astype(np.int64)
+        client = np.where(tid > 0, tid, client)
     tgt_ti = [ti]
-    tgt_pid = [ctx.col("pid")[ti]]
+    tgt_pid = [client]
     side = [np.full(len(ti), "client", dtype=object)]
     srv = ctx.frames.server
     has_srv = ctx.txn_srv[ti] >= 0
@@ -207,8 +214,12 @@ def detect_runq_delay(ctx: Context) -> None:
         tgt_ti.append(ti[has_srv])
         tgt_pid.append(srv["pid"].to_numpy()[ctx.txn_srv[ti[has_srv]]])
         side.append(np.full(int(has_srv.sum()), "server", dtype=object))
-    # trace runs: the server process the kernel saw accept the connection
+    # trace runs: the server thread the kernel saw take the connection up or reply on it, else
+    # the process that accepted it
     own = ctx.col("server_pid")[ti] if "server_pid" in ctx.frames.txn else np.zeros(len(ti), np.int64)
+    if "srv_tid" in ctx.frames.txn:
+        stid = ctx.col("srv_tid")[ti].astype(np.int64)
+        own = np.where(stid > 0, stid, own)
     by_own = ~has_srv & (own > 0)
     if by_own.any():
         tgt_ti.append(ti[by_own])

@@ -61,7 +61,7 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
     `both`), syn_retrans, retrans, resets, flags, netns."""
     cols = ["caddr", "cport", "saddr", "sport", "t_open", "t_established", "t_first_data", "t_close",
             "pid", "comm", "server_pid", "seen", "syn_retrans", "retrans", "resets", "flags", "netns",
-            "srv_hold_ns", "srv_hold_end", "srv_hold_tid"]
+            "srv_hold_ns", "srv_hold_end", "srv_hold_tid", "tid", "srv_tid"]
     if conns is None or conns.empty:
         return pd.DataFrame({c: pd.Series(dtype=object if c in ("caddr", "saddr", "comm", "seen") else np.int64)
                              for c in cols})
@@ -75,7 +75,8 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
         "comm": cl["comm"].astype(str).to_numpy() if "comm" in cl else "", "server_pid": 0,
         "seen": "client", "syn_retrans": _int(cl, "syn_retrans"), "retrans": _int(cl, "retrans"),
         "resets": _int(cl, "resets"), "flags": _int(cl, "flags"), "netns": _int(cl, "netns"),
-        "srv_hold_ns": 0, "srv_hold_end": 0, "srv_hold_tid": 0})
+        "srv_hold_ns": 0, "srv_hold_end": 0, "srv_hold_tid": 0,
+        "tid": _int(cl, "tid"), "srv_tid": 0})  # the connecting thread
     server = pd.DataFrame({  # seen from the server: its peer is the client
         "caddr": _addr(sv["daddr"]), "cport": _int(sv, "dport"), "saddr": _addr(sv["saddr"]),
         "sport": _int(sv, "sport"), "t_open": _int(sv, "t_open"), "t_established": _int(sv, "t_established"),
@@ -85,7 +86,7 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
         "resets": _int(sv, "resets"), "flags": _int(sv, "flags"), "netns": _int(sv, "netns"),
         # the server's longest hold of the conversation: a read of a request to its reply
         "srv_hold_ns": _int(sv, "hold_ns"), "srv_hold_end": _int(sv, "hold_end"),
-        "srv_hold_tid": _int(sv, "hold_tid")})
+        "srv_hold_tid": _int(sv, "hold_tid"), "tid": 0, "srv_tid": _int(sv, "tid")})
     if len(client) and len(server):
         keys = _tuple_key(np.r_[client["caddr"].to_numpy(), server["caddr"].to_numpy()],
                           np.r_[client["cport"].to_numpy(), server["cport"].to_numpy()],
@@ -109,7 +110,7 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
             s_est = server["t_established"].to_numpy()[both]
             fill = (c_est == 0) & (s_est > 0)
             client.loc[client.index[ci[fill]], "t_established"] = s_est[fill]
-            for col in ("srv_hold_ns", "srv_hold_end", "srv_hold_tid"):
+            for col in ("srv_hold_ns", "srv_hold_end", "srv_hold_tid", "srv_tid"):
                 client.loc[client.index[ci], col] = server[col].to_numpy()[both]
             for col in ("retrans", "resets"):
                 client.loc[client.index[ci], col] = client[col].to_numpy()[ci] + server[col].to_numpy()[both]
@@ -153,7 +154,8 @@ def transactions_from_kernel(k: pd.DataFrame) -> pd.DataFrame:
         "last_errno": np.where(refused, facts.ECONNREFUSED, 0).astype(np.int32),
         "outcome": np.where(failed, "connect_failed", "ok").astype(object),
         "srv_hold_ns": k["srv_hold_ns"].to_numpy(), "srv_hold_end": k["srv_hold_end"].to_numpy(),
-        "srv_hold_tid": k["srv_hold_tid"].to_numpy()})
+        "srv_hold_tid": k["srv_hold_tid"].to_numpy(), "tid": k["tid"].to_numpy(),
+        "srv_tid": np.where(k["srv_hold_tid"].to_numpy() > 0, k["srv_hold_tid"].to_numpy(), k["srv_tid"].to_numpy())})
 
 
 # ---- histograms ----------------------------------------------------------------------------

@@ -115,7 +115,9 @@ static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u
 		/* connect() runs in the connecting task's context */
 		c->role = ROLE_CLIENT;
 		c->t_open = now;
-		c->pid = bpf_get_current_pid_tgid() >> 32;
+		u64 id = bpf_get_current_pid_tgid();
+		c->pid = id >> 32;
+		c->tid = (u32)id;
 		bpf_get_current_comm(c->comm, sizeof(c->comm));
 		learn_pid(c->pid); /* so its run-queue delays are traced too */
 	} else if (newstate == ST_TCP_SYN_RECV) {
@@ -539,7 +541,9 @@ static __always_inline int handle_accepted(void *ctx, struct st_conn *c)
 	u64 now;
 	if (!c || c->role != ROLE_SERVER || (c->flags & CONN_ACCEPTED))
 		return 0;
-	c->pid = bpf_get_current_pid_tgid() >> 32;
+	u64 id = bpf_get_current_pid_tgid();
+	c->pid = id >> 32;
+	c->tid = (u32)id;
 	bpf_get_current_comm(c->comm, sizeof(c->comm));
 	c->flags |= CONN_ACCEPTED;
 	learn_pid(c->pid);

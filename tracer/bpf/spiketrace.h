@@ -89,7 +89,7 @@ struct st_conn {
 	__u64 hold_ns;
 	__u64 hold_end;      /* when the write that ended the longest hold went out */
 	__u32 hold_tid;      /* the thread that wrote it */
-	__u32 pad2;
+	__u32 tid;           /* the thread that connected (client) or took it up (server), 0 if unseen */
 	__u32 netns;
 	__u32 pid;           /* connecting / accepting tgid, 0 if unknown */
 	__u16 sport;
