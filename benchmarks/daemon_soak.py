@@ -49,6 +49,10 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=float, default=30.0, help="seconds between rows")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args(argv)
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # stop cleanly, also when started in the background
+        signal.signal(sig, signal.default_int_handler)
     seconds = args.minutes * 60
     bench = Bench("soak", ["--max-size", "20M", "--max-age", "4m", "--expire-interval", "10s",
                            "--json", "--log", "/dev/null"])

@@ -96,7 +96,11 @@ class Tasks:
             d.window.trim(now_ns)
         if not d.explainer.due(now_ns, open_rows):
             return
+        shed = d.explainer.shed
         spikes = d.explainer.tick(d.meta, d.rec.path, now_ns, self.histograms(), open_rows)
+        if d.explainer.shed > shed and not d.opts.json:
+            d.output.write(f"... {d.explainer.shed - shed:,} more slow connections not explained live "
+                           "(too many at once; all are recorded, `spiketrace report` explains them)")
         if d.explainer.last_error:
             d.problem("live", f"a live analysis failed ({d.explainer.last_error}); recording goes on")
         for s in spikes:

@@ -40,7 +40,7 @@ class LiveWindow:
     sampler's threads. Bounded by time (`horizon_s`) and rows (`max_rows` per table); a counter's
     last value before the window is kept so the window reads like a whole recording."""
 
-    def __init__(self, horizon_s: float = 120.0, max_rows: int = 200_000,
+    def __init__(self, horizon_s: float = 120.0, max_rows: int = 50_000,
                  on_connection: Optional[Callable[[int], Any]] = None):
         self.horizon_ns = int(horizon_s * 1e9)
         self.max_rows = max_rows
@@ -57,7 +57,8 @@ class LiveWindow:
             for name, col in dest.items():
                 col.extend(cols[name])
             if table == "connections":
-                self.pending.extend((o or c, c) for o, c in zip(cols["t_open"], cols["t_close"]) if c)
+                self.pending.extend((o or e or c, c) for o, e, c in
+                                    zip(cols["t_open"], cols["t_established"], cols["t_close"]) if c)
         if table == "connections" and self.on_connection is not None:
             for pid in set(cols["pid"]):
                 self.on_connection(pid)
@@ -91,18 +92,18 @@ class LiveWindow:
                     col = cols[name]
                     cols[name] = [col[i] for i in idx.tolist()]
 
-    def snapshot(self, since_ns: int = 0,
+    def snapshot(self, since_ns: int = 0, until_ns: int = 1 << 62,
                  extra_connections: Optional[Dict[str, list]] = None) -> Dict[str, Dict[str, list]]:
-        """Copies of the window's rows from `since_ns` on (connections that closed since, events
-        and counter samples since), each counter's value at `since_ns` first: the evidence of
-        every connection open at or after `since_ns`, read like a recording that began then."""
+        """Copies of the window's rows from `since_ns` to `until_ns` (connections that closed
+        then, events and counter samples then), each counter's value at `since_ns` first: the
+        evidence of every connection open in that span, read like a recording of it."""
         with self._lock:
             cols = {t: {c: list(v) for c, v in tc.items()} for t, tc in self._cols.items()}
             base = dict(self._counter_base)
         out = {}
         for table, tc in cols.items():
             t = np.asarray(tc[TIME_COLUMN[table]], dtype=np.int64)
-            keep = (t >= since_ns) | (t == 0) if table == "connections" else t >= since_ns
+            keep = (t >= since_ns) & (t <= until_ns)
             if table == "counters" and len(t):
                 for name, tv, v in zip(np.asarray(tc["name"], dtype=object)[~keep].tolist(),
                                        t[~keep].tolist(), np.asarray(tc["value"])[~keep].tolist()):
@@ -155,6 +156,9 @@ class LiveExplainer:
         self.grace_ns = int(grace_s * 1e9)
         self.reported: Dict[SpikeKey, bool] = {}  # key -> reported as closed (True) or open
         self.lookback_ns = int(1e9)  # evidence up to 1 s before a connection's open (as report's slack)
+        self.max_per_analysis = 500
+        self.shed = 0  # slow connections not explained live (a storm; the report explains them)
+        self.due_opens: set = set()
         self.max_share = 0.02  # of one CPU, on live analyses (~0.3 s each here, mostly fixed cost)
         self._next_ns = 0
         self.analyses = 0
@@ -177,15 +181,25 @@ class LiveExplainer:
         if not self.due(now_ns, open_rows):
             return []
         ready = now_ns - self.grace_ns
-        due = [o for o, c in self.window.pending if c <= ready]
+        due = sorted((c, o) for o, c in self.window.pending if c <= ready)
         self.window.pending = [(o, c) for o, c in self.window.pending if c > ready]
+        if len(due) > self.max_per_analysis:  # a storm: explain the oldest, count the rest
+            self.shed += len(due) - self.max_per_analysis
+            due = due[:self.max_per_analysis]
+        until = max((c for c, _o in due), default=now_ns) + self.grace_ns
+        self.due_opens = {o for _c, o in due}
         opened = {}
         if open_rows and open_rows["t_open"]:
             open_rows = dict(open_rows, t_close=[now_ns] * len(open_rows["t_open"]))
             opened = {(p, t) for p, t in zip(open_rows["sport"], open_rows["t_open"])}
-            due += list(open_rows["t_open"])
-        # only what the due connections need: from a little before the oldest one's open
-        tables = self.window.snapshot(max(min(due) - self.lookback_ns, 0), open_rows)
+            self.due_opens.update(open_rows["t_open"])
+            until = now_ns
+        if not self.due_opens:
+            return []
+        # only what the due connections need: from a little before the oldest one's open to
+        # just after the last one's close (a bounded analysis, whatever the window holds)
+        since = max(min(self.due_opens) - self.lookback_ns, now_ns - self.window.horizon_ns)
+        tables = self.window.snapshot(since, until, open_rows)
         if histograms:
             tables["histograms"] = histograms
         run = MemoryRun(path, dataclasses.replace(meta, notes=[], counts=dict(meta.counts)), tables)
@@ -219,6 +233,8 @@ class LiveExplainer:
             key = (str(row.caddr), int(row.cport), str(row.saddr), int(row.sport), int(row.t_open))
             is_open = any((int(row.cport), int(row.t_open)) == o or (int(row.sport), int(row.t_open)) == o
                           for o in opened)
+            if int(row.t_open) not in self.due_opens:
+                continue  # reported before, shed, or not due yet
             if is_open:
                 if key in self.reported:
                     continue

@@ -191,6 +191,8 @@ class DaemonCollector:
             yield Counter("spiketrace_live_analyses", "Live analyses run", value=ex.analyses)
             yield Counter("spiketrace_live_analysis_seconds", "Time spent in live analyses", value=ex.analysis_s)
             yield Counter("spiketrace_live_analysis_errors", "Live analyses that failed", value=ex.errors)
+            yield Counter("spiketrace_live_shed", "Slow connections not explained live (too many at "
+                          "once; recorded, explained by `spiketrace report`)", value=ex.shed)
 
 
 def scrape(url: str, timeout: float = 5.0) -> dict:
