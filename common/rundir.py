@@ -359,7 +359,8 @@ class RunDir:
             table = pq.read_table(f, columns=present, read_dictionary=strings or None,
                                   page_checksum_verification=True)
         except Exception as exc:  # pyarrow raises several types for a damaged file
-            raise SpikeTraceError(f"{f}: unreadable, truncated or damaged Parquet file ({exc})")
+            why = " ".join(str(exc).split())  # pyarrow's text spans lines: one line for the user
+            raise SpikeTraceError(f"{f}: unreadable, truncated or damaged Parquet file ({why})")
         if schema is None:
             return table
         arrays = []

@@ -50,8 +50,9 @@ def cli():
 
     \b
     Examples:
-      sudo spiketrace run -n 100000              # bench + trace + explain, one command
-      sudo spiketrace run --scenario syn-loss -n 20000
+      sudo spiketrace run --scenario listen-overflow -n 20000   # the original's spikes, explained
+      sudo spiketrace run -n 100000              # the original workload: bench + trace + explain
+      sudo spiketrace run --scenario syn-loss    # each scenario has its own -n (spiketrace scenarios)
       sudo spiketrace trace --port 9999          # watch your own application
       spiketrace report runs/20261126T140000Z-seed
       spiketrace doctor

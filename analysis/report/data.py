@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.context import ALL_CAUSES, CAUSES
-from common.vocab import TCP_STATES, fmt_ns
+from common.text import printable
+from common.vocab import TCP_STATES, errno_name, fmt_ms, fmt_ns
 
 HTML_SPIKES = 1000  # per-spike rows in report.html (all of them are in explanations.parquet)
 PLOT_SPIKES = 3000  # spike points in the time plot: the worst of each cause, shared fairly
@@ -44,6 +45,7 @@ class SpikeRow:
     local_port: int
     evidence: List[Dict[str, Any]]  # event rows (relative ms, kind, ...)
     evidence_total: int
+    wall: str = ""  # its start in UTC ("2026-11-26 14:00:03.123"), "" without a clock anchor
     source: str = ""  # application log entry (file:line), --transactions only
     match: str = ""  # how it was matched to a kernel connection (port/unique/ambiguous/order/none)
     match_distance_ms: float = -1.0
@@ -79,6 +81,15 @@ class ReportData:
     latency_title: str = "Latency (ok transactions)"
     trace: Optional[Dict[str, Any]] = None  # summary.json "trace": counted vs sent, histograms
     app_log: Optional[Dict[str, Any]] = None  # summary.json "app_log": files, matches
+    # wall clock: t0 in UTC ns (meta.json's anchor), None when the run recorded no anchor
+    t0_wall_ns: Optional[int] = None
+    no_spikes: List[str] = dataclasses.field(default_factory=list)  # what was measured, why none
+
+    def wall(self, t_rel_s: float, date: bool = True) -> str:
+        """A time of the plots' axis (seconds after t0) in UTC, '' without a clock anchor."""
+        if self.t0_wall_ns is None:
+            return ""
+        return wall_text(self.t0_wall_ns + int(t_rel_s * 1e9), date=date)
 
 
 def _plot_spikes(expl: pd.DataFrame) -> pd.DataFrame:
@@ -90,15 +101,33 @@ def _plot_spikes(expl: pd.DataFrame) -> pd.DataFrame:
     return expl.iloc[np.argsort(rank.to_numpy(), kind="stable")[:PLOT_SPIKES]]
 
 
+def wall_text(wall_ns: int, date: bool = True) -> str:
+    """UTC wall time: `2026-11-26 14:00:03.123` (`14:00:03.123` without the date)."""
+    import datetime as dt
+
+    t = dt.datetime.fromtimestamp(wall_ns / 1e9, tz=dt.timezone.utc)
+    text = t.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S") + f".{t.microsecond // 1000:03d}"
+    return text
+
+
+def _t0_wall(meta, t0: int) -> Optional[int]:
+    """t0 in UTC ns through meta.json's clock anchor; None when there is none (or it is absurd)."""
+    mono, wall = int(getattr(meta, "clock_monotonic_ns", 0) or 0), int(getattr(meta, "clock_wall_ns", 0) or 0)
+    if wall <= 0 or mono <= 0:
+        return None
+    value = wall + (t0 - mono)
+    return value if 0 < value < 2 ** 62 else None
+
+
 def build(result, max_spikes: int = HTML_SPIKES) -> ReportData:
-    s = result.summary
+    s = _clean(result.summary)
     expl = result.explanations
     t0 = int(result.t_start.min()) if len(result.t_start) else 0
     lat_ms = result.latency_ns / 1e6
     bins_t, p50, mx = _time_bins(result.t_start, lat_ms, t0)
     worst = expl.head(max_spikes)
     plotted = _plot_spikes(expl)
-    spike_t = (plotted["t_start"].to_numpy() - t0) / 1e9
+    spike_t = (plotted["t_start"].to_numpy(dtype=float) - t0) / 1e9  # float: no int64 overflow
     markers = _markers(result, t0)
     edges, hist = _histogram(result, lat_ms)
     return ReportData(
@@ -107,14 +136,39 @@ def build(result, max_spikes: int = HTML_SPIKES) -> ReportData:
         latency=[(k, v) for k, v in s["latency_ms"].items()], options=s["options"],
         causes=s["causes"], accuracy=s["accuracy"],
         probes=sorted(s["probes"].items()), warnings=list(s["warnings"]),
-        notes=list(getattr(result.meta, "notes", []) or []),
-        spikes=_spike_rows(result, worst, t0), spikes_total=len(expl),
+        notes=[printable(n) for n in getattr(result.meta, "notes", []) or []],
+        spikes=_spike_rows(result, worst, t0, _t0_wall(result.meta, t0)), spikes_total=len(expl),
         t0=t0, bins_t=bins_t, bins_p50=p50, bins_max=mx,
         spike_t=spike_t, spike_ms=plotted["latency_ns"].to_numpy() / 1e6,
         spike_cause=plotted["cause"].to_numpy(dtype=object), spikes_plotted=len(plotted),
         markers=markers, hist_edges=edges, hist=hist, threshold_ms=result.threshold_ns / 1e6,
         latency_title=LATENCY_TITLES.get(s["run"].get("source", ""), "Latency (ok transactions)"),
-        trace=s.get("trace"), app_log=s.get("app_log"))
+        trace=s.get("trace"), app_log=s.get("app_log"), t0_wall_ns=_t0_wall(result.meta, t0),
+        no_spikes=no_spike_lines(s) if len(expl) == 0 else [])
+
+
+def no_spike_lines(summary: Dict[str, Any]) -> List[str]:
+    """With no spike: what was measured and why nothing counted as a spike."""
+    c, lat, opt = summary["counts"], summary.get("latency_ms") or {}, summary["options"]
+    what = "entries" if summary["run"].get("source") == "app_log" else "transactions"
+    if not c["transactions"]:
+        return [f"No spikes: no {what} were measured."]
+    measured = ", ".join(f"{name} {fmt_ms(lat[key])}" for key, name in
+                         (("p50", "median"), ("p99.9", "p99.9"), ("max", "slowest")) if lat.get(key) is not None)
+    return [f"No spikes: {c['transactions']:,} {what} measured ({measured}); none passed the spike rule "
+            f"({opt['spike_rule']}: at least {fmt_ms(opt['effective_threshold_ms'])} here)."]
+
+
+def _clean(value):
+    """Every string of the run (paths, commands, comm names, notes, sentences) without control
+    characters: an escape sequence in a run directory never reaches a terminal."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
 
 
 LATENCY_TITLES = {
@@ -202,7 +256,7 @@ def _time_bins(t_start: np.ndarray, lat_ms: np.ndarray, t0: int):
     if len(t_start) == 0:
         z = np.zeros(0)
         return z, z, z
-    rel = (t_start - t0) / 1e9
+    rel = (t_start.astype(float) - t0) / 1e9
     span = max(float(rel.max()), 1e-9)
     idx = np.minimum((rel / span * TIME_BINS).astype(np.int64), TIME_BINS - 1)
     df = pd.DataFrame({"b": idx, "ms": lat_ms}).groupby("b")["ms"]
@@ -217,12 +271,12 @@ def _markers(result, t0: int) -> Dict[str, np.ndarray]:
     out = {}
     if len(result.event_t) == 0 or len(result.t_start) == 0:
         return out
-    span = max((result.t_start.max() - t0) / 1e9, 1e-9)
+    span = max((float(result.t_start.max()) - t0) / 1e9, 1e-9)
     for kind in MARKER_KINDS:
-        t = (result.event_t[result.event_kind == kind] - t0) / 1e9
+        t = (result.event_t[result.event_kind == kind].astype(float) - t0) / 1e9
         if len(t) == 0:
             continue
-        b = np.unique(np.clip((t / span * TIME_BINS * 2).astype(np.int64), 0, TIME_BINS * 2))
+        b = np.unique(np.clip(t / span * TIME_BINS * 2, 0, TIME_BINS * 2).astype(np.int64))
         out[kind] = (b + 0.5) * span / (TIME_BINS * 2)
     return out
 
@@ -247,7 +301,7 @@ def _histogram(result, lat_ms: np.ndarray):
     return edges, hist
 
 
-def _spike_rows(result, worst: pd.DataFrame, t0: int) -> List[SpikeRow]:
+def _spike_rows(result, worst: pd.DataFrame, t0: int, t0_wall: Optional[int] = None) -> List[SpikeRow]:
     """One SpikeRow per shown spike, with its first EVIDENCE_PER_SPIKE cited events. Columns are
     pulled out as lists once (no per-row DataFrame indexing: 1000 spikes stay fast)."""
     ev = result.evidence
@@ -261,6 +315,7 @@ def _spike_rows(result, worst: pd.DataFrame, t0: int) -> List[SpikeRow]:
         for i, t in enumerate(cols["txn_id"]):
             by_txn.setdefault(t, []).append(i)
     w = {c: worst[c].tolist() for c in worst.columns}
+    names = {"drop": _reason_names(result.meta, "drop"), "reset_sent": _reason_names(result.meta, "reset")}
     share_cols = [(c, f"{c}_ns") for c in CAUSES]
     rows = []
     for k in range(len(worst)):
@@ -272,27 +327,59 @@ def _spike_rows(result, worst: pd.DataFrame, t0: int) -> List[SpikeRow]:
         evidence = []
         for i in cited[:EVIDENCE_PER_SPIKE]:
             sport, dport, state = cols["sport"][i], cols["dport"][i], int(cols["state"][i])
+            kind = str(cols["kind"][i])
             evidence.append({
                 "row": int(cols["ev_row"][i]), "rel_ms": (cols["t_ns"][i] - t_start) / 1e6,
-                "kind": str(cols["kind"][i]), "cause": str(cols["cause"][i]), "side": str(cols["side"][i]),
-                "pid": int(cols["pid"][i]), "comm": str(cols["comm"][i]),
-                "tuple": f"{cols['saddr'][i]}:{sport} > {cols['daddr'][i]}:{dport}" if sport or dport else "",
+                "kind": kind, "cause": str(cols["cause"][i]), "side": str(cols["side"][i]),
+                "pid": int(cols["pid"][i]), "comm": printable(cols["comm"][i], newlines=False),
+                "tuple": printable(f"{cols['saddr'][i]}:{sport} > {cols['daddr'][i]}:{dport}", newlines=False)
+                if sport or dport else "",
                 "state": TCP_STATES.get(state, str(state)) if state else "",
-                "reason": int(cols["reason"][i]), "value": _value_text(str(cols["kind"][i]), int(cols["value"][i])),
+                "reason": reason_text(kind, int(cols["reason"][i]), names.get(kind, {})),
+                "value": _value_text(kind, int(cols["value"][i])),
             })
         rows.append(SpikeRow(
-            rank=k + 1, txn_id=int(txn_id), t_rel_s=(t_start - t0) / 1e9, latency_ms=w["latency_ns"][k] / 1e6,
-            cause=str(w["cause"][k]), cause_detail=str(w["cause_detail"][k]), causes=str(w["causes"][k]),
+            rank=k + 1, txn_id=int(txn_id), t_rel_s=(float(t_start) - t0) / 1e9, latency_ms=w["latency_ns"][k] / 1e6,
+            cause=str(w["cause"][k]), cause_detail=printable(w["cause_detail"][k]), causes=str(w["causes"][k]),
             shares=shares, rest_ms=w["rest_ns"][k] / 1e6, inferred=bool(w["inferred"][k]),
-            sentence=str(w["sentence"][k]), local_port=int(w["local_port"][k]), evidence=evidence,
-            evidence_total=len(cited), source=str(w["source"][k]) if "source" in w else "",
+            sentence=printable(w["sentence"][k]), local_port=int(w["local_port"][k]), evidence=evidence,
+            evidence_total=len(cited), wall=wall_text(t0_wall + int(t_start - t0)) if t0_wall else "",
+            source=printable(w["source"][k]) if "source" in w else "",
             match=str(w["match"][k]) if "match" in w else "",
             match_distance_ms=(w["match_distance_ns"][k] / 1e6 if w["match_distance_ns"][k] >= 0 else -1.0)
             if "match_distance_ns" in w else -1.0))
     return rows
 
 
+def _reason_names(meta, kind: str) -> Dict[int, str]:
+    try:
+        return meta.reason_names(kind)
+    except AttributeError:  # a meta without reason names (older runs, tests)
+        return {}
+
+
+def reason_text(kind: str, reason: int, names: Dict[int, str]) -> str:
+    """An event's `reason` in words: this kernel's drop or reset reason name (meta.json), an
+    errno name for connect errors and failed retransmits; '' for 0."""
+    if not reason:
+        return ""
+    if kind in ("drop", "reset_sent"):
+        name = names.get(reason)
+        return printable(name, newlines=False) if name else f"reason {reason} (no name recorded)"
+    if kind in ("connect_error", "retransmit"):
+        return errno_name(abs(reason))
+    return str(reason)
+
+
 def _value_text(kind: str, value: int) -> str:
+    """An event's `value` in words: durations, a kernel code address in hex (the `location` of a
+    drop; read as int64 it is negative), counts."""
     if kind in ("runq_delay", "accept_wait"):
         return fmt_ns(value)
+    if kind == "drop":
+        return f"0x{value & 0xFFFFFFFFFFFFFFFF:x}" if value else ""
+    if kind == "connect_error":
+        return f"{value:,} failed attempts" if value else ""
+    if kind == "retransmit":
+        return f"#{value}" if value else ""
     return str(value) if value else ""

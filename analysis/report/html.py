@@ -66,6 +66,7 @@ def render(data: ReportData, plots: Dict[str, str]) -> str:
             ["command", f"<code>{esc(run['command'])}</code>"],
             ["kernel", esc(f"{run['kernel']} ({run['distro']}), BCC {run['bcc_version'] or '?'}")],
             ["started / ended", esc(f"{run['started']} / {run['ended']}")],
+            ["first transaction", esc(f"{data.wall(0.0)} UTC" if data.t0_wall_ns else "unknown (no clock anchor)")],
             ["transactions", esc(f"{c['transactions']:,} ({c['ok']:,} ok; outcomes: "
                                  + ", ".join(f"{k} {v:,}" for k, v in c["outcomes"].items()) + ")")],
             ["spikes", esc(f"{c['spikes']:,} ({data.options['spike_rule']}; effective threshold "
@@ -106,7 +107,7 @@ def render(data: ReportData, plots: Dict[str, str]) -> str:
                  + (f" ({r['inferred']} inferred from timing)" if r.get("inferred") else ""))]
             for r in data.causes], numeric=(1, 2, 3, 4, 5)))
     else:
-        parts.append("<p>No spikes.</p>")
+        parts += [f'<p class="nospikes">{esc(x)}</p>' for x in data.no_spikes or ["No spikes."]]
     if data.accuracy:
         parts.append('<h2 id="accuracy">Attribution vs ground truth</h2>')
         parts.append("<p>Over the spikes: <i>injected</i> counts every transaction the scenario marked, "
@@ -150,9 +151,10 @@ def _spikes(data: ReportData) -> str:
             cause += f'<br><span class="muted">{esc(s.source)}; {esc(match_text(s))}</span>'
         rows.append(f'<tr id="txn-{s.txn_id}"><td class="num">{s.rank}</td>'
                     f'<td class="num"><a href="#txn-{s.txn_id}">{s.txn_id}</a></td>'
-                    f'<td class="num">{s.t_rel_s:.3f}</td><td class="num">{esc(format_ms(s.latency_ms))}</td>'
+                    f'<td class="num">{esc(s.wall or f"+{s.t_rel_s:.3f} s")}</td>'
+                    f'<td class="num">{esc(format_ms(s.latency_ms))}</td>'
                     f"<td>{cause}</td><td>{shares}</td><td class=sentence>{esc(s.sentence)}</td>"
                     f"<td>{evidence}</td></tr>")
-    table = ("<table><thead><tr><th>#</th><th>txn</th><th>start (s)</th><th>latency</th><th>cause</th>"
+    table = ("<table><thead><tr><th>#</th><th>txn</th><th>start (UTC)</th><th>latency</th><th>cause</th>"
              "<th>shares</th><th>why</th><th>evidence</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
     return head + table

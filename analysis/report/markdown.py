@@ -30,7 +30,8 @@ def render(data: ReportData) -> str:
     lines += _table(["", ""], [
         ["scenario", run["scenario"]], ["recorded by", f"spiketrace {run['kind']}, status {run['status']}"],
         ["command", run["command"]], ["kernel", f"{run['kernel']} ({run['distro']})"],
-        ["started", run["started"]], ["transactions", f"{c['transactions']:,} ({c['ok']:,} ok)"],
+        ["started", run["started"]]] + ([["first transaction (UTC)", data.wall(0.0)]] if data.t0_wall_ns else []) + [
+        ["transactions", f"{c['transactions']:,} ({c['ok']:,} ok)"],
         ["spikes", f"{c['spikes']:,} ({data.options['spike_rule']})"],
         ["kernel events", f"{c['events']:,}, {c['events_matched']:,} joined to a transaction"],
         ["lost events", f"{c['lost_events']:,}" if c["counts_recorded"] else "unknown (no counts in meta.json)"],
@@ -53,7 +54,7 @@ def render(data: ReportData) -> str:
              format_ms(r["max_latency_ms"]), f"{r['time_s']:.2f} s",
              ", ".join(f"{k} {v}" for k, v in r["details"].items())] for r in data.causes])
     else:
-        lines += ["No spikes.", ""]
+        lines += [_cell(x) for x in data.no_spikes or ["No spikes."]] + [""]
     if data.accuracy:
         lines += ["## Attribution vs ground truth", ""]
         lines += _table(["cause", "injected", "slow", "named", "both", "precision", "recall"], [
@@ -63,9 +64,9 @@ def render(data: ReportData) -> str:
         shown = min(MD_SPIKES, len(data.spikes))
         lines += [f"## Worst spikes ({shown} of {data.spikes_total:,}; all in explanations.parquet)", ""]
         app = data.app_log is not None
-        lines += _table(["#", "entry" if app else "txn", "start (s)", "latency"] + (["match"] if app else [])
+        lines += _table(["#", "entry" if app else "txn", "start (UTC)", "latency"] + (["match"] if app else [])
                         + ["cause", "shares", "why"], [
-            [s.rank, s.source if app else s.txn_id, f"{s.t_rel_s:.3f}", format_ms(s.latency_ms)]
+            [s.rank, s.source if app else s.txn_id, s.wall or f"+{s.t_rel_s:.3f} s", format_ms(s.latency_ms)]
             + ([match_text(s)] if app else [])
             + [s.cause + (f" ({s.cause_detail})" if s.cause_detail else ""),
                ", ".join(f"{n} {format_ms(ms)}" for n, ms in s.shares), s.sentence]

@@ -25,10 +25,16 @@ def command(run_dir: Path, txn_id: int, threshold: str, relative: str, percentil
       spiketrace report runs/X --format terminal   # find the slow ones first
     """
     from rich.console import Console
-    from rich.markup import escape
+    from rich.markup import escape as rich_escape
     from rich.table import Table
 
+    from common.text import printable
+
+    def escape(text) -> str:  # rich markup escaped, and no control character from the run
+        return rich_escape(printable(text))
+
     from common.vocab import fmt_ns
+    from analysis.report.terminal import fits
     from analysis.timeline import explain_transaction
     from common.rundir import RunDir
 
@@ -38,16 +44,23 @@ def command(run_dir: Path, txn_id: int, threshold: str, relative: str, percentil
         tl = explain_transaction(run, txn_id, make_options(threshold, relative, percentile))
     t = tl.txn
     console.print(f"[bold]Transaction {t['id']}[/] of {escape(str(run.path))}: {fmt_ns(t['latency_ns'])}, "
-                  f"outcome {escape(str(t['outcome']))}, client {escape(str(t['local_addr']))}:{t['local_port']} "
-                  f"-> {escape(str(t['remote_addr']))}:{t['remote_port']}, pid {t['pid']}, worker {t['worker']}")
+                  f"outcome {escape(t['outcome'])}, client {escape(t['local_addr'])}:{t['local_port']} "
+                  f"-> {escape(t['remote_addr'])}:{t['remote_port']}, pid {t['pid']}, worker {t['worker']}")
     table = Table(header_style="bold", show_lines=False)
-    table.add_column("+ms", justify="right")
+    table.add_column("+ms", justify="right", no_wrap=True)
     for col in COLUMNS:
-        table.add_column(col)
+        table.add_column(col)  # wraps at words; a word too long for it makes `fits` fail
     for row in tl.rows:
         cells = ["" for _ in COLUMNS]
-        cells[COLUMNS.index(row["column"])] = escape(row["text"])
+        cells[COLUMNS.index(row["column"])] = escape(row["text"])  # wraps at words
         table.add_row(f"{row['t_rel_ns'] / 1e6:.3f}", *cells)
+    if not fits(table, console.width):  # too narrow to go side by side: one column, named
+        table = Table(header_style="bold", show_lines=False)
+        table.add_column("+ms", justify="right", no_wrap=True)
+        table.add_column("side", no_wrap=True)
+        table.add_column("event", overflow="fold")
+        for row in tl.rows:
+            table.add_row(f"{row['t_rel_ns'] / 1e6:.3f}", row["column"], escape(row["text"]))
     console.print(table)
     e = tl.explanation
     if not tl.slow:
@@ -61,7 +74,7 @@ def command(run_dir: Path, txn_id: int, threshold: str, relative: str, percentil
         shares = [(c[:-3], e[c]) for c in e if c.endswith("_ns") and c not in
                   ("latency_ns", "explained_ns", "rest_ns") and e[c] > 0]
         if shares:
-            console.print("Shares: " + ", ".join(f"{n} {fmt_ns(v)}" for n, v in sorted(shares, key=lambda x: -x[1]))
+            console.print("Shares: " + ", ".join(f"{escape(n)} {fmt_ns(v)}" for n, v in sorted(shares, key=lambda x: -x[1]))
                           + f", rest {fmt_ns(e['rest_ns'])}")
     for w in tl.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}")

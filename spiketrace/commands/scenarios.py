@@ -21,7 +21,9 @@ def scenario_rows() -> List[Dict[str, str]]:
                                          for k, v in sc.sysctls.items()),
                      "server": " ".join(f"{k}={v}" for k, v in sc.server_overrides.items()),
                      "client": " ".join(f"{k}={v}" for k, v in sc.client_overrides.items()),
-                     "params": " ".join(f"{k}={v}" for k, v in sc.params.items())})
+                     "params": " ".join(f"{k}={v}" for k, v in sc.params.items()),
+                     "n": sc.n, "command": sc.suggested_command(),
+                     "spike_rule": " ".join(f"{k}={v:g}" for k, v in sc.analysis.items())})
     return rows
 
 
@@ -31,14 +33,16 @@ def scenario_rows() -> List[Dict[str, str]]:
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def command(verbose: bool, as_json: bool):
     """List the fault scenarios `spiketrace run --scenario NAME` reproduces: what each one
-    injects and the cause the analysis should name. Every scenario runs in its own network
-    namespace, so its sysctls and faults never touch the host.
+    injects and the cause the analysis should name, and the command that shows its spikes
+    explained in about a minute (the scenario sets its own -n and the spike rule it needs).
+    Every scenario runs in its own network namespace, so its sysctls and faults never touch the
+    host.
 
     \b
     Examples:
       spiketrace scenarios
       spiketrace scenarios -v
-      sudo spiketrace run --scenario syn-loss -n 20000
+      sudo spiketrace run --scenario syn-loss        # its suggested -n
     """
     rows = scenario_rows()
     if as_json:
@@ -61,7 +65,10 @@ def command(verbose: bool, as_json: bool):
         for r in rows:
             console.print(f"\n[bold cyan]{r['name']}[/]  expected cause: [green]{r['expected_cause']}[/]")
             console.print(f"  {r['description']}", highlight=False)
-            for key in ("sysctls", "server", "client", "params"):
+            for key in ("sysctls", "server", "client", "params", "spike_rule"):
                 if r[key]:
-                    console.print(f"  [dim]{key}:[/] {r[key]}", highlight=False)
-    console.print("\nRun one with: sudo spiketrace run --scenario NAME -n 20000")
+                    console.print(f"  [dim]{key.replace('_', ' ')}:[/] {r[key]}", highlight=False)
+    console.print("\nSuggested runs (each about a minute on a 2-core VM, its spikes explained):")
+    for r in rows:  # one line each, never wrapped: commands are copied
+        note = "   # nothing injected, one serial client: no spike here" if r["name"] == "seed" else ""
+        console.print(f"  {r['command']}{note}", soft_wrap=True, highlight=False, markup=False)

@@ -76,7 +76,7 @@ _LIST = [
         sysctls={"net.ipv4.tcp_syn_linear_timeouts": "0"},
         params={**_DROP, "rto_ms": 3000.0, "server_too": False},
         injection_class=LegacyRto,
-        n=1_500,  # 15 dropped SYNs, 3 s each: ~45 s of waiting
+        n=1_000,  # 10 dropped SYNs, 3 s each: ~30 s of waiting
     ),
     Scenario(
         name="port-exhaustion",
@@ -117,7 +117,7 @@ _LIST = [
         expected_cause="delayed_ack",
         client_overrides={"split_writes": True, "nodelay": False},
         injection_class=NagleDelayedAck,
-        n=1_000,  # ~45 ms per transaction
+        n=800,  # ~45 ms per transaction
         # every transaction stalls, so the stall *is* the median: no relative test, and a
         # threshold under the 40 ms minimum delayed ACK
         analysis={"threshold_ms": 30.0, "relative": 0.0},
@@ -132,7 +132,7 @@ _LIST = [
         expected_detail="drop",
         params={**_DROP, "drop_every": 50},
         injection_class=DataLoss,
-        n=10_000,  # 200 dropped segments, 200-400 ms each
+        n=8_000,  # 160 dropped segments, 200-400 ms each
     ),
 ]
 
