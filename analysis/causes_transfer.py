@@ -277,6 +277,51 @@ def detect_server_processing(ctx: Context) -> None:
     ctx.cands.add(ti, "server_processing", "hold", a, b, sentences, shorts)
 
 
+def detect_client_blocked(ctx: Context) -> None:
+    """Head-of-line blocking inside the client: a client thread that drives several connections
+    (pgbench -j, event loops) sets up one at a time, so while it was connecting another one (from
+    its SYN to its first reply: a blocking connect and handshake of the protocol) this request
+    waited for the thread. From the kernel's connections, joined by the client thread (tid):
+    only where the kernel recorded both (trace runs; the other connection slow or anomalous)."""
+    k = ctx.frames.kernel
+    txn = ctx.frames.txn
+    if k is None or k.empty or "tid" not in txn or "tid" not in k:
+        return
+    ti = ctx.spikes[ctx.col("tid")[ctx.spikes] > 0]
+    if len(ti) == 0:
+        return
+    own = ctx.col("conn_row")[ti] if "conn_row" in txn else (
+        ti if ctx.frames.source == "connections" else np.full(len(ti), -1))
+    k_tid = k["tid"].to_numpy().astype(np.int64)
+    k_a = k["t_open"].to_numpy()
+    first = k["cli_first_read"].to_numpy()
+    est = k["t_established"].to_numpy()
+    k_b = np.where(first > k_a, first, np.where(est > k_a, est, k["t_close"].to_numpy()))
+    t_start, end = ctx.col("t_start")[ti], ctx.col("end")[ti]
+    i, j = pid_overlaps(ctx.col("tid")[ti].astype(np.int64), t_start, end, k_tid, k_a, k_b)
+    keep = j != own[i]
+    i, j = i[keep], j[keep]
+    if len(i) == 0:
+        return
+    a = np.maximum(k_a[j], t_start[i])
+    b = np.minimum(k_b[j], end[i])
+    ok = b > a
+    i, j, a, b = i[ok], j[ok], a[ok], b[ok]
+    if len(i) == 0:
+        return
+    per = pd.DataFrame({"i": i, "ns": b - a, "syn": k["syn_retrans"].to_numpy()[j] > 0}).groupby("i")
+    total, count, syn = per["ns"].sum(), per.size(), per["syn"].any()
+    tids = ctx.col("tid")[ti]
+    sentences, shorts = [], []
+    for ii in i.tolist():
+        why = "; one of them had its SYN retransmitted" if syn[ii] else ""
+        sentences.append(f"The client's thread {int(tids[ii])} was busy setting up {int(count[ii])} other "
+                         f"connection(s) (connect() and their first reply) for {fmt_ns(total[ii])} while this "
+                         f"request waited for it{why}.")
+        shorts.append(f"the client's thread was busy with other connections for {fmt_ns(total[ii])}")
+    ctx.cands.add(ti[i], "client_blocked", "other_connections", a, b, sentences, shorts)
+
+
 def detect_delayed_ack(ctx: Context) -> None:
     """FACT delack: a request written in two parts stalls when Nagle's algorithm holds the second
     part until the first is ACKed and the receiver delays that ACK (at least 40 ms). No event

@@ -14,8 +14,8 @@ from analysis import accuracy, facts
 from analysis.causes_connect import (detect_port_exhaustion, detect_reset, detect_syn_retransmit,
                                      detect_synack_retransmit)
 from analysis.causes_transfer import (detect_accept_queue_wait, detect_data_retransmit,
-                                      detect_delayed_ack, detect_runq_delay, detect_server_processing,
-                                      systematic_stall)
+                                      detect_client_blocked, detect_delayed_ack, detect_runq_delay,
+                                      detect_server_processing, systematic_stall)
 from analysis.context import ALL_CAUSES, CAUSES, build_context
 from analysis.decompose import explain, summarise_causes
 from analysis.load import Frames, load
@@ -23,7 +23,7 @@ from analysis.options import AnalysisOptions
 
 DETECTORS = (detect_syn_retransmit, detect_synack_retransmit, detect_port_exhaustion, detect_reset,
              detect_data_retransmit, detect_accept_queue_wait, detect_runq_delay, detect_server_processing,
-             detect_delayed_ack)
+             detect_client_blocked, detect_delayed_ack)
 
 PERCENTILES = (50, 90, 99, 99.9, 99.99)
 

@@ -61,7 +61,7 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
     `both`), syn_retrans, retrans, resets, flags, netns."""
     cols = ["caddr", "cport", "saddr", "sport", "t_open", "t_established", "t_first_data", "t_close",
             "pid", "comm", "server_pid", "seen", "syn_retrans", "retrans", "resets", "flags", "netns",
-            "srv_hold_ns", "srv_hold_end", "srv_hold_tid", "tid", "srv_tid"]
+            "srv_hold_ns", "srv_hold_end", "srv_hold_tid", "tid", "srv_tid", "cli_first_read"]
     if conns is None or conns.empty:
         return pd.DataFrame({c: pd.Series(dtype=object if c in ("caddr", "saddr", "comm", "seen") else np.int64)
                              for c in cols})
@@ -76,7 +76,8 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
         "seen": "client", "syn_retrans": _int(cl, "syn_retrans"), "retrans": _int(cl, "retrans"),
         "resets": _int(cl, "resets"), "flags": _int(cl, "flags"), "netns": _int(cl, "netns"),
         "srv_hold_ns": 0, "srv_hold_end": 0, "srv_hold_tid": 0,
-        "tid": _int(cl, "tid"), "srv_tid": 0})  # the connecting thread
+        "tid": _int(cl, "tid"), "srv_tid": 0,  # the connecting thread
+        "cli_first_read": _int(cl, "t_first_read")})  # the client's first read of a reply
     server = pd.DataFrame({  # seen from the server: its peer is the client
         "caddr": _addr(sv["daddr"]), "cport": _int(sv, "dport"), "saddr": _addr(sv["saddr"]),
         "sport": _int(sv, "sport"), "t_open": _int(sv, "t_open"), "t_established": _int(sv, "t_established"),
@@ -86,7 +87,7 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
         "resets": _int(sv, "resets"), "flags": _int(sv, "flags"), "netns": _int(sv, "netns"),
         # the server's longest hold of the conversation: a read of a request to its reply
         "srv_hold_ns": _int(sv, "hold_ns"), "srv_hold_end": _int(sv, "hold_end"),
-        "srv_hold_tid": _int(sv, "hold_tid"), "tid": 0, "srv_tid": _int(sv, "tid")})
+        "srv_hold_tid": _int(sv, "hold_tid"), "tid": 0, "srv_tid": _int(sv, "tid"), "cli_first_read": 0})
     if len(client) and len(server):
         keys = _tuple_key(np.r_[client["caddr"].to_numpy(), server["caddr"].to_numpy()],
                           np.r_[client["cport"].to_numpy(), server["cport"].to_numpy()],

@@ -211,3 +211,44 @@ def test_trace_run_without_bench_records_explains_kernel_connections(tmp_path):
     assert result.explanations["local_port"].tolist() == [50012]
     assert result.summary["run"]["source"] == "connections"
     assert any("connections.parquet" in w for w in result.warnings)
+
+
+def test_a_connection_waiting_for_its_client_thread_is_client_blocked(tmp_path):
+    """Head-of-line blocking inside the client (pgbench -j, event loops): thread 4242 sets up
+    connection B while connection A, on the same thread, waits; B's SYN is retransmitted, so A's
+    request waits ~1 s for the thread. A is explained by the other connection's set-up (its own
+    evidence has no SYN retransmit), B by its own SYN retransmit."""
+    import pandas as pd
+
+    path = tmp_path / "run"
+    rundir.create_run_dir(path)
+    base = 50 * S
+
+    def conn(port, t_open, est, first_read, close, syn=0, tid=4242):
+        return {"netns": 1, "role": "client", "pid": 77, "comm": "bench", "saddr": "10.0.0.1",
+                "sport": port, "daddr": "10.0.0.2", "dport": 5432, "t_open": t_open,
+                "t_established": est, "t_first_data": 0, "t_close": close, "syn_retrans": syn,
+                "retrans": 0, "resets": 0, "flags": 0, "tid": tid, "t_first_read": first_read}
+
+    rows = [conn(50000 + i, base + i * 10 * MS, base + i * 10 * MS + 100_000, base + i * 10 * MS + 300_000,
+                 base + i * 10 * MS + 500_000, tid=5000 + i) for i in range(20)]
+    t = base + 300 * MS
+    rows.append(conn(51000, t, t + 100_000, t + S + 2 * MS, t + S + 3 * MS))  # A: waits for the thread
+    rows.append(conn(51001, t + 200_000, t + S + 200_000, t + S + 1 * MS, t + S + 2 * MS, syn=1))  # B
+    rundir.write_table(path, "connections", pd.DataFrame(rows))
+    rundir.write_table(path, "events", pd.DataFrame([{
+        "t_ns": t + 200_000 + S, "kind": "retransmit", "pid": 0, "comm": "", "netns": 1,
+        "saddr": "10.0.0.1", "sport": 51001, "daddr": "10.0.0.2", "dport": 5432, "state": 2,
+        "new_state": 0, "reason": 0, "value": 1, "value2": 0}]))
+    meta = rundir.new_meta("trace")
+    meta.status = "complete"
+    meta.counts = {"events": 1, "lost_events": 0}
+    rundir.write_meta(path, meta)
+    result = analyse(RunDir.open(path), AnalysisOptions(relative=0))
+    expl = result.explanations.set_index("local_port")
+    a, b = expl.loc[51000], expl.loc[51001]
+    assert b.cause == "syn_retransmit"
+    assert a.cause == "client_blocked", a.sentence
+    assert "client's thread 4242 was busy setting up 1 other connection" in a.sentence
+    assert "SYN retransmitted" in a.sentence
+    assert a.client_blocked_ns > 0.9 * S
