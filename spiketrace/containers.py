@@ -70,16 +70,15 @@ class Workload:
 
 def parse_cgroup_file(text: str) -> str:
     """The cgroup v2 path of a /proc/<pid>/cgroup (`0::/path`), else the systemd v1 one."""
-    fallback = ""
+    v1: Dict[str, str] = {}
     for line in text.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
         if parts[0] == "0" and parts[1] == "":
             return parts[2]
-        if parts[1] in ("name=systemd", "pids") and not fallback:
-            fallback = parts[2]
-    return fallback
+        v1.setdefault(parts[1], parts[2])
+    return v1.get("name=systemd") or v1.get("pids") or ""
 
 
 def classify(cgroup: str) -> Workload:
