@@ -59,8 +59,9 @@ install_apt() {
         pkgs+=(postgresql)  # tests/realapps: a real server traced, driven by its own client (pgbench)
         # scripts/kernel-matrix.sh: qemu boots Debian's kernels with virtme-ng (from PyPI, below),
         # which needs kmod (depmod), udev (else the guest's exit code is lost) and busybox; the
-        # keyring checks the Debian archives the kernels come from; file tells an image's version
-        pkgs+=(qemu-system-x86 kmod udev busybox-static debian-archive-keyring file)
+        # keyring checks the Debian archives the kernels come from; file tells an image's version;
+        # e2fsprogs makes the read-only disk images the guests read Python and headers from
+        pkgs+=(qemu-system-x86 kmod udev busybox-static debian-archive-keyring file e2fsprogs)
         kernel_matrix=1
     fi
     say "apt: installing ${pkgs[*]}"

@@ -1,0 +1,35 @@
+"""The kernel matrix's guest suite: scripts/kernel-matrix.sh runs it inside each kernel it boots
+(docs/kernels.md). It is collected there only: the host suite (testpaths = ["tests"]) ignores
+this directory unless SPIKETRACE_KERNEL_GUEST=1, which scripts/kernel-matrix-guest.sh sets.
+
+Guests run under TCG, 15-100x slower than the host and with noisy timing, so these modules
+reuse the host suite's BPF and end-to-end tests with smaller sizes (each overridable by an
+environment variable) and longer time limits, and assert no millisecond latencies: a spike here
+is a 1 s SYN retransmit, never a few milliseconds. Every module is marked `kernel_guest`.
+
+Tests marked `km_extended` repeat what the others already cover on the kernels of CI's matrix
+(a second filter mode, the perf-buffer output, the kprobe variants through the verifier only):
+they run with `scripts/kernel-matrix.sh --extended` (SPIKETRACE_KM_EXTENDED=1), so that CI's
+three kernels fit in its time."""
+from __future__ import annotations
+
+import os
+
+if os.environ.get("SPIKETRACE_KERNEL_GUEST") != "1":
+    collect_ignore_glob = ["test_*.py"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "kernel_guest: runs inside a kernel-matrix guest only "
+                                       "(scripts/kernel-matrix.sh)")
+    config.addinivalue_line("markers", "km_extended: runs in a guest with --extended only")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("SPIKETRACE_KM_EXTENDED") == "1":
+        return
+    extended = [item for item in items if "km_extended" in item.keywords]
+    if extended:
+        config.hook.pytest_deselected(items=extended)
+        items[:] = [item for item in items if item not in extended]
+
