@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import re
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -110,12 +111,17 @@ class Resolver:
         self._k8s_names: Dict[str, tuple] = {}  # container id -> (namespace/pod, container)
         self._k8s_pods: Dict[str, str] = {}  # pod uid -> namespace/pod
         self._k8s_read = -1e9
+        self._lock = threading.Lock()  # called from the tracer's thread and the main loop
 
     def __call__(self, pid: int) -> Optional[Workload]:
         """The workload of a live process (None if it is gone or pid is 0). Cached."""
         pid = int(pid)
         if pid <= 0:
             return None
+        with self._lock:
+            return self._lookup(pid)
+
+    def _lookup(self, pid: int) -> Optional[Workload]:
         if pid in self._by_pid:
             self._by_pid.move_to_end(pid)
             return self._by_pid[pid]
@@ -130,13 +136,17 @@ class Resolver:
         return w
 
     def forget(self, pid: int) -> None:
-        self._by_pid.pop(int(pid), None)
+        with self._lock:
+            self._by_pid.pop(int(pid), None)
 
     def forget_gone(self) -> int:
         """Drop the processes that exited (their pid may be reused by another workload)."""
-        gone = [pid for pid in self._by_pid if not (self.root / f"proc/{pid}").exists()]
-        for pid in gone:
-            del self._by_pid[pid]
+        with self._lock:
+            pids = list(self._by_pid)
+        gone = [pid for pid in pids if not (self.root / f"proc/{pid}").exists()]
+        with self._lock:
+            for pid in gone:
+                self._by_pid.pop(pid, None)
         return len(gone)
 
     def _named(self, w: Workload) -> Workload:

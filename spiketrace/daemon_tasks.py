@@ -42,6 +42,17 @@ class Tasks:
         return True
 
     def run(self, now: float, final: bool = False) -> None:
+        """One round of the periodic work. A task that fails unexpectedly is reported once
+        and skipped: the recording, which runs in its own threads, goes on."""
+        try:
+            self._run(now, final)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a bug in a periodic task must not end a days-long trace
+            self.d.problem(f"task-{type(exc).__name__}", f"internal error in the daemon's periodic "
+                           f"work ({type(exc).__name__}: {exc}); tracing goes on")
+
+    def _run(self, now: float, final: bool) -> None:
         d, o = self.d, self.d.opts
         self.watchdog.ping()
         if d.hup.is_set():
