@@ -11,7 +11,7 @@ import numpy as np
 from analysis.core import AnalysisResult, analyse
 from analysis.options import AnalysisOptions
 from common.errors import SpikeTraceError
-from common.vocab import describe_event, errno_name
+from common.vocab import describe_event, errno_name, fmt_ns
 
 CLIENT_PHASES = (("t_start", "transaction starts (socket created)"), ("t_connected", "connect() returned"),
                  ("t_reply1", "first echo received"), ("t_reply2", "second echo received"),
@@ -71,6 +71,12 @@ def build_timeline(result: AnalysisResult, txn_id: int) -> Timeline:
                 err = errno_name(row["last_errno"])
                 extra = f" after {row['connect_attempts']} attempts (last error {err})"
             add(row[col], "client", text + extra)
+    # the server's side of the conversation, where the kernel measured it (conn_life probe)
+    hold, hold_end = int(row.get("srv_hold_ns", 0) or 0), int(row.get("srv_hold_end", 0) or 0)
+    if hold > 0 and hold_end > 0:
+        tid = int(row.get("srv_hold_tid", 0) or 0)
+        add(hold_end - hold, "server", f"read the request (kernel; thread {tid})")
+        add(hold_end, "server", f"replied after holding it {fmt_ns(hold)} (kernel; thread {tid})")
     srv = ctx.txn_srv[ti]
     if srv >= 0:
         s = ctx.frames.server.iloc[int(srv)]

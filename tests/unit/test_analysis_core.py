@@ -252,3 +252,44 @@ def test_a_connection_waiting_for_its_client_thread_is_client_blocked(tmp_path):
     assert "client's thread 4242 was busy setting up 1 other connection" in a.sentence
     assert "SYN retransmitted" in a.sentence
     assert a.client_blocked_ns > 0.9 * S
+
+
+def test_the_server_holding_a_request_is_server_processing_with_its_phases_in_explain(tmp_path):
+    """A traced server (conn_life probe) read the request and replied 200 ms later: the slow
+    connection is `server_processing`, and `spiketrace explain` shows the read and the reply."""
+    import pandas as pd
+
+    from analysis.timeline import explain_transaction
+
+    path = tmp_path / "run"
+    rundir.create_run_dir(path)
+    base = 50 * S
+    rows = []
+    for i in range(20):
+        t0 = base + i * 300 * MS
+        slow = i == 7
+        life = 205 * MS if slow else 2 * MS
+        est = t0 + 100_000
+        common = {"netns": 1, "comm": "x", "saddr": "10.0.0.1", "daddr": "10.0.0.2", "t_first_data": 0,
+                  "syn_retrans": 0, "retrans": 0, "resets": 0, "flags": 0}
+        rows.append({**common, "role": "client", "pid": 77, "tid": 78, "sport": 50000 + i, "dport": 8080,
+                     "t_open": t0, "t_established": est, "t_close": t0 + life})
+        read = est + 200_000
+        rows.append({**common, "role": "server", "pid": 90, "tid": 91, "saddr": "10.0.0.2", "daddr": "10.0.0.1",
+                     "sport": 8080, "dport": 50000 + i, "t_open": est - 50_000, "t_established": est,
+                     "t_close": t0 + life, "hold_ns": (200 * MS if slow else 1 * MS),
+                     "hold_end": read + (200 * MS if slow else 1 * MS), "hold_tid": 92})
+    rundir.write_table(path, "connections", pd.DataFrame(rows))
+    meta = rundir.new_meta("trace")
+    meta.status = "complete"
+    meta.counts = {"events": 0, "lost_events": 0}
+    rundir.write_meta(path, meta)
+    run = RunDir.open(path)
+    result = analyse(run, AnalysisOptions(relative=0))
+    e = result.explanations.iloc[0]
+    assert len(result.explanations) == 1 and e.local_port == 50007
+    assert e.cause == "server_processing" and e.server_processing_ns == 200 * MS
+    assert "server held the request 200 ms before replying (thread 92" in e.sentence
+    texts = [r["text"] for r in explain_transaction(run, int(e.txn_id), AnalysisOptions(relative=0)).rows]
+    assert "read the request (kernel; thread 92)" in texts
+    assert "replied after holding it 200 ms (kernel; thread 92)" in texts
