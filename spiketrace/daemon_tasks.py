@@ -121,8 +121,9 @@ class Tasks:
                 d.spikes_open += 1
             else:
                 d.spikes_by_cause[s.cause] += 1
-            d.output.write(dumps(spike_json(s, d.meta)) if d.opts.json else spike_line(s, d.meta))
-        if spikes:
+            if not d.opts.quiet:
+                d.output.write(dumps(spike_json(s, d.meta)) if d.opts.json else spike_line(s, d.meta))
+        if spikes and not d.opts.quiet:
             d.output.flush()
 
     def histograms(self) -> Dict[str, List]:

@@ -52,10 +52,12 @@ class LiveWindow:
         self.trimmed = 0
 
     def add(self, table: str, cols: Dict[str, list]) -> None:
+        n = len(cols[TIME_COLUMN[table]])
         with self._lock:
             dest = self._cols[table]
             for name, col in dest.items():
-                col.extend(cols[name])
+                # a column the tracer does not send (yet): its schema default, as the reader does
+                col.extend(cols[name] if name in cols else [_default(table, name)] * n)
             if table == "connections":
                 self.pending.extend((o or e or c, c) for o, e, c in
                                     zip(cols["t_open"], cols["t_established"], cols["t_close"]) if c)
@@ -117,9 +119,17 @@ class LiveWindow:
             c["name"] = names + c["name"]
             c["value"] = [base[n][1] for n in names] + c["value"]
         if extra_connections:
+            n = len(extra_connections["t_open"])
             for name, col in out["connections"].items():
-                col.extend(extra_connections[name])
+                col.extend(extra_connections[name] if name in extra_connections
+                           else [_default("connections", name)] * n)
         return out
+
+
+def _default(table: str, column: str):
+    import pyarrow as pa
+
+    return "" if pa.types.is_string(SCHEMAS[table].field(column).type) else 0
 
 
 @dataclasses.dataclass

@@ -67,7 +67,8 @@ def _load_config(ctx, param, value):
               help="Append the live lines (text, or JSON with --json) to FILE instead of the terminal; "
                    "SIGHUP reopens it (logrotate). Example: --log /var/log/spiketrace/trace.log")
 @click.option("--no-explain", "explain", is_flag=True, flag_value=False, default=True,
-              help="No live explanations (events are still printed and recorded).")
+              help="No live explanations (events are still printed and recorded). Example: "
+                   "--no-explain --json")
 @click.option("--spike-threshold", "spike_ms", type=Duration("ms", lo=0, lo_open=True),
               default="100ms", show_default=True,
               help="Live explanations: a connection at least this slow is a spike (as `report "
@@ -92,7 +93,8 @@ def _load_config(ctx, param, value):
               help="How often the kernel maps forget processes that exited. Example: --expire-interval 10s")
 @click.option("--bpf-stats", is_flag=True,
               help="Turn on the kernel's BPF run-time statistics while tracing (the metrics then show "
-                   "each probe's CPU time; costs ~20-40 ns per probe run).")
+                   "each probe's CPU time; costs ~20-40 ns per probe run). Example: --bpf-stats "
+                   "--metrics :9464")
 @click.option("--summary-interval", "summary_interval_s", type=Duration("s", lo=1, hi=DAY_S),
               default="10s", show_default=True, help="Time between summary lines: 10 (s), 30s, 5m.")
 @click.option("--flush-interval", "flush_interval_s", type=Duration("s", lo=1, hi=DAY_S),
