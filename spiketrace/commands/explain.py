@@ -43,7 +43,12 @@ def command(run_dir: Path, txn_id: int, threshold: str, relative: str, percentil
     with Console(stderr=True).status(f"Joining the evidence of transaction {txn_id} ..."):
         tl = explain_transaction(run, txn_id, make_options(threshold, relative, percentile))
     t = tl.txn
-    console.print(f"[bold]Transaction {t['id']}[/] of {escape(str(run.path))}: {fmt_ns(t['latency_ns'])}, "
+    started = ""
+    if run.meta.clock_wall_ns > 0 and run.meta.clock_monotonic_ns > 0:  # the clock anchor: UTC
+        from analysis.report.data import wall_text
+
+        started = f" started {wall_text(run.meta.clock_wall_ns + int(t['t_start']) - run.meta.clock_monotonic_ns)} UTC,"
+    console.print(f"[bold]Transaction {t['id']}[/] of {escape(str(run.path))}: {fmt_ns(t['latency_ns'])},{started} "
                   f"outcome {escape(t['outcome'])}, client {escape(t['local_addr'])}:{t['local_port']} "
                   f"-> {escape(t['remote_addr'])}:{t['remote_port']}, pid {t['pid']}, worker {t['worker']}")
     table = Table(header_style="bold", show_lines=False)

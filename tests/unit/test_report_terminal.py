@@ -100,7 +100,7 @@ def test_doctor_fix_commands_are_whole_lines(monkeypatch):
     assert any(line.endswith(fix) for line in out.splitlines()), out  # one line, never split
 
 
-def test_spikes_carry_their_utc_time(tmp_path):
+def test_spikes_carry_their_utc_time(tmp_path, capsys):
     run = SyntheticRun(tmp_path / "run")
     run.normal(30)
     t = run.txn(connect_ms=1000.1)
@@ -113,6 +113,8 @@ def test_spikes_carry_their_utc_time(tmp_path):
     write_reports(rd, result, formats=["md", "html"])
     assert f"{day} {wall}" in (rd.path / "report.md").read_text()
     assert f"{day} {wall}" in (rd.path / "report.html").read_text()
+    assert main(["explain", str(rd.path), str(t["id"])]) is None
+    assert f"started {day} {wall} UTC" in capsys.readouterr().out
 
 
 def test_a_run_without_spikes_says_what_was_measured_and_what_to_run(tmp_path, capsys):
