@@ -141,12 +141,24 @@ def match(app: AppLog, k: pd.DataFrame, meta, span: Tuple[int, int], window_ns: 
         _match_by_port(by_port, cport, other, start, dur, k_cport, k_sport, k_open, k_close, k_life,
                        window_ns, conn, how, dist)
         used[conn[conn >= 0]] = True
-    # 2. by time
+    # 2. by time: a start known only to the second (ab -g) lies anywhere in it; a log whose clock
+    # is off the kernel's is shifted by the offset its slow entries show (estimated, reported)
+    res = e["ts_resolution_ns"].to_numpy() if "ts_resolution_ns" in e else np.zeros(n, np.int64)
     by_time = np.flatnonzero((conn < 0) & (start >= 0) & (cport == 0))
+    centre = np.where(start >= 0, start + res // 2, start)
+    win = window_ns + res // 2
+    offset = _clock_offset(by_time, centre, dur, win, k_open, k_life, kernel_slow_ns)
+    if offset is not None:
+        centre = np.where(start >= 0, centre + offset, centre)
+        win = np.maximum(window_ns // 4, 2 * MS) + res // 2  # aligned: a tighter window
+        notes.append(f"the log's clock is {offset / 1e6:+.1f} ms off the kernel's (estimated from "
+                     "its slow entries; shifted)")
     if len(by_time) and (~used).any():
-        _match_by_time(by_time, start, dur, other, k_sport, k_open, k_life, used, window_ns, conn, how, dist)
+        _match_by_time(by_time, centre, dur, other, k_sport, k_open, k_life, used, win, conn, how, dist)
     # 3. by order (no time, no port)
-    t_start = start.copy()
+    t_start = np.where(start >= 0, centre - res // 2, start)
+    coarse = (res > 0) & (conn >= 0)  # the connection's open says when it really started
+    t_start[coarse] = k_open[conn[coarse]]
     plain = (start < 0) & (cport == 0)
     workers = e["worker"].to_numpy()
     files = [np.flatnonzero(plain & (workers == w)) for w in np.unique(workers[plain]).tolist()]
@@ -167,7 +179,8 @@ def match(app: AppLog, k: pd.DataFrame, meta, span: Tuple[int, int], window_ns: 
         "entries": n, "files": list(app.files), "formats": list(app.formats),
         "matched": int((conn >= 0).sum()), "by_match": {str(a): int(b) for a, b in counts.items()},
         "kernel_connections": int(len(k)), "kernel_connections_unmatched": int(len(k) - len(np.unique(conn[conn >= 0]))),
-        "window_ms": window_ns / 1e6, "timed": int((start >= 0).sum()), "timestamps": clocks}
+        "window_ms": window_ns / 1e6, "timed": int((start >= 0).sum()), "timestamps": clocks,
+        "clock_offset_ms": None if offset is None else round(offset / 1e6, 3)}
     return tx, stats, notes
 
 
@@ -206,14 +219,52 @@ def _match_by_port(idx, cport, other, start, dur, k_cport, k_sport, k_open, k_cl
             how[i] = np.where(n_cand.reindex(i).to_numpy() > 1, "ambiguous", "port")
 
 
+def _clock_offset(idx, start, dur, win, k_open, k_life, kernel_slow_ns):
+    """The offset (ns) to add to the log's starts so they meet the kernel's: among the log's
+    slow entries and the kernel's connections that lived as long (within 2%, 1 ms), the offset
+    (k_open - start) most pairs agree on (1 ms bins, the densest and its neighbours). None
+    if fewer than 3 pairs agree or the offset is under a millisecond."""
+    slow = idx[dur[idx] >= 0.8 * kernel_slow_ns]
+    live = np.flatnonzero(k_life > 0)
+    if len(slow) < 3 or len(live) < 3:
+        return None
+    order = live[np.argsort(k_open[live], kind="stable")]
+    t_sorted = k_open[order]
+    reach = np.maximum(win[slow], S)  # a second either way at most
+    lo = np.searchsorted(t_sorted, start[slow] - reach, side="left")
+    hi = np.searchsorted(t_sorted, start[slow] + reach, side="right")
+    counts = hi - lo
+    if counts.sum() == 0 or counts.sum() > 2_000_000:
+        return None
+    owner = np.repeat(np.arange(len(slow)), counts)
+    firsts = np.cumsum(counts) - counts
+    j = order[np.repeat(lo, counts) + (np.arange(int(counts.sum())) - np.repeat(firsts, counts))]
+    e = slow[owner]
+    same = np.abs(k_life[j] - dur[e]) <= np.maximum(MS, dur[e] // 50)
+    d, e = (k_open[j] - start[e])[same], e[same]
+    if len(d) < 3:
+        return None
+    bins = np.floor(d / MS).astype(np.int64)
+    values, counts = np.unique(bins, return_counts=True)
+    best = values[np.argmax(counts)]
+    near = np.abs(bins - best) <= 1
+    # most entries that have a look-alike agree on this offset (not a few coincidences)
+    if len(np.unique(e[near])) < max(3, 0.5 * len(np.unique(e))):
+        return None
+    offset = int(np.median(d[near]))
+    return offset if abs(offset) >= MS else None
+
+
 def _match_by_time(idx, start, dur, other, k_sport, k_open, k_life, used, window_ns, conn, how, dist) -> None:
     """Connections opened within the window of the entry's start and living about as long as
-    the entry took; one connection per entry, the best pairs first."""
+    the entry took; one connection per entry, the best pairs first. `window_ns`: per entry (an
+    array) or one for all."""
+    window_ns = np.broadcast_to(np.asarray(window_ns, dtype=np.int64), start.shape)
     free = np.flatnonzero(~used)
     order = free[np.argsort(k_open[free], kind="stable")]
     t_sorted = k_open[order]
-    lo = np.searchsorted(t_sorted, start[idx] - window_ns, side="left")
-    hi = np.searchsorted(t_sorted, start[idx] + window_ns, side="right")
+    lo = np.searchsorted(t_sorted, start[idx] - window_ns[idx], side="left")
+    hi = np.searchsorted(t_sorted, start[idx] + window_ns[idx], side="right")
     counts = hi - lo
     if counts.sum() == 0:
         return
@@ -222,7 +273,7 @@ def _match_by_time(idx, start, dur, other, k_sport, k_open, k_life, used, window
     j = np.repeat(lo, counts) + (np.arange(int(counts.sum())) - np.repeat(starts, counts))
     i, ki = idx[owner], order[j]
     life = k_life[ki]
-    plausible = (life < 0) | (np.abs(life - dur[i]) <= window_ns + dur[i] // 4)
+    plausible = (life < 0) | (np.abs(life - dur[i]) <= np.minimum(window_ns[i], 100 * MS) + dur[i] // 4)
     plausible &= (other[i] == 0) | (k_sport[ki] == other[i])
     i, ki = i[plausible], ki[plausible]
     if len(i) == 0:

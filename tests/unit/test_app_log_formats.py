@@ -52,3 +52,54 @@ def test_a_log_in_no_accepted_format_says_which_are(tmp_path):
     assert read_app_log([f], log_format="pgbench-l").formats == ["pgbench-l"]
     with pytest.raises(SpikeTraceError, match="--log-format nope: choose one of"):
         read_app_log([f], log_format="nope")
+
+
+def _traced(tmp_path, spikes):
+    from tests.helpers.trace_synthetic import ClosedLoopApp, TraceRun
+
+    app = ClosedLoopApp(workers=1, n=400, spikes={(0, k): 1.0 for k in spikes})
+    run = TraceRun(tmp_path / "run")
+    app.record(run)
+    return app, run, run.write()
+
+
+SPIKES = (30, 90, 150, 210, 270, 330)
+
+
+def test_a_log_whose_clock_is_off_is_aligned_and_says_by_how_much(tmp_path):
+    """A load generator whose clock runs 6.5 ms ahead of the kernel's: the offset is estimated
+    from the slow entries, reported, and every slow entry keeps its own SYN retransmit."""
+    from analysis import analyse
+    from common.rundir import RunDir
+
+    app, run, path = _traced(tmp_path, SPIKES)
+    ahead = run.meta.clock_wall_ns - run.meta.clock_monotonic_ns + 6_500_000
+    log = app.write_log(tmp_path / "w0.csv", worker=0, fmt="csv", mono_to_wall=ahead)
+    result = analyse(RunDir.open(path), app_log=read_app_log([log]))
+    assert result.summary["app_log"]["clock_offset_ms"] == pytest.approx(-6.5, abs=0.2)
+    e = result.explanations
+    assert len(e) == len(SPIKES) and set(e["cause"]) == {"syn_retransmit"}
+    assert not e["inferred"].any(), e["sentence"].tolist()
+
+
+def test_whole_second_starts_match_their_own_connections(tmp_path):
+    """ab -g writes each start as a whole epoch second: the entry is matched within its second
+    by duration, and explained by its own connection's evidence."""
+    from analysis import analyse
+    from common.rundir import RunDir
+
+    app, run, path = _traced(tmp_path, SPIKES)
+    to_wall = run.meta.clock_wall_ns - run.meta.clock_monotonic_ns
+    lines = ["\t".join(["starttime", "seconds", "ctime", "dtime", "ttime", "wait"])]
+    for r in app.df.itertuples():
+        sec = (r.start + to_wall) // 1_000_000_000
+        ms = round(r.duration / 1e6)
+        lines.append(f"Tue Dec 01 22:36:27 2026\t{sec}\t{ms if r.spike else 0}\t0\t{ms}\t0")
+    log = tmp_path / "ab.tsv"
+    log.write_text("\n".join(lines) + "\n")
+    result = analyse(RunDir.open(path), app_log=read_app_log([log]))
+    e = result.explanations
+    assert len(e) == len(SPIKES) and set(e["cause"]) == {"syn_retransmit"}
+    assert not e["inferred"].any() and (e["match"] != "none").all()
+    lines_slow = sorted(int(s.split(":")[1]) for s in e["source"])
+    assert lines_slow == [k + 2 for k in SPIKES]  # header is line 1, entry k is line k + 2
