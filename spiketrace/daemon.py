@@ -226,7 +226,7 @@ class Daemon:
             if self.segments is not None:
                 self.segments.started_segment(rec.path)
             with self.console.status("compiling and attaching BPF probes"):
-                tracer = rec.start_tracer(build_config(opts), on_event=self.feed)  # all attached
+                tracer = rec.start_tracer(build_config(opts))  # every probe attached
             tracer.keep_going_on_write_errors()
             tracer.on_rows = self._on_rows
             self.sampler = sampler = rec.start_sampler(_netns_ref(opts), opts.ports,
@@ -275,6 +275,7 @@ class Daemon:
     def _on_rows(self, table: str, cols: Dict[str, list]) -> None:
         """Every row the tracer records, in its consumer thread: counted, and kept for live."""
         if table == "events":
+            self.feed.columns(cols, quiet=self.opts.quiet)
             self.events_by_kind.update(cols["kind"])
             if "retransmit" in cols["kind"] or "synack_retransmit" in cols["kind"]:
                 self.last_retransmit = time.monotonic()  # a connection may be stuck: scan (live)

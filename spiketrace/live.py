@@ -79,20 +79,19 @@ class LiveWindow:
                 t = np.asarray(cols[TIME_COLUMN[table]], dtype=np.int64)
                 if table == "connections":
                     t = np.where(t > 0, t, np.asarray(cols["t_open"], dtype=np.int64))
-                keep = t >= cut
-                if len(keep) > self.max_rows:
-                    keep[:len(keep) - self.max_rows] = False
-                if keep.all():
+                # rows arrive about in time order: drop the leading ones older than the cut (a
+                # late row behind a newer one stays until the next trim) and beyond max_rows
+                old = np.flatnonzero(t >= cut)
+                drop = int(old[0]) if len(old) else len(t)
+                drop = max(drop, len(t) - self.max_rows)
+                if drop <= 0:
                     continue
                 if table == "counters":
-                    for name, tv, v in zip(np.asarray(cols["name"], dtype=object)[~keep],
-                                           t[~keep].tolist(), np.asarray(cols["value"])[~keep].tolist()):
+                    for name, tv, v in zip(cols["name"][:drop], cols["t_ns"][:drop], cols["value"][:drop]):
                         self._counter_base[name] = (tv, v)
-                idx = np.flatnonzero(keep)
-                self.trimmed += len(keep) - len(idx)
-                for name in cols:
-                    col = cols[name]
-                    cols[name] = [col[i] for i in idx.tolist()]
+                self.trimmed += drop
+                for col in cols.values():
+                    del col[:drop]
 
     def snapshot(self, since_ns: int = 0, until_ns: int = 1 << 62,
                  extra_connections: Optional[Dict[str, list]] = None) -> Dict[str, Dict[str, list]]:
@@ -124,6 +123,20 @@ class LiveWindow:
                 col.extend(extra_connections[name] if name in extra_connections
                            else [_default("connections", name)] * n)
         return out
+
+
+@dataclasses.dataclass
+class _Row:
+    caddr: str
+    cport: int
+    saddr: str
+    sport: int
+    t_open: int
+    t_close: int
+    pid: int
+    comm: str
+    server_pid: int
+    netns: int
 
 
 def _default(table: str, column: str):
@@ -235,16 +248,17 @@ class LiveExplainer:
     def _new_spikes(self, result, opened, ready: int) -> List[Spike]:
         from analysis.context import CAUSES
 
-        frames = result.context.frames
-        k = frames.kernel
+        k = result.context.frames.kernel
+        kc = {c: k[c].tolist() for c in ("caddr", "cport", "saddr", "sport", "t_open", "t_close", "pid",
+                                         "comm", "server_pid", "netns")}
         out = []
         for r in result.explanations.itertuples(index=False):
-            row = k.iloc[int(r.txn_id)]
-            key = (str(row.caddr), int(row.cport), str(row.saddr), int(row.sport), int(row.t_open))
-            is_open = any((int(row.cport), int(row.t_open)) == o or (int(row.sport), int(row.t_open)) == o
-                          for o in opened)
-            if int(row.t_open) not in self.due_opens:
+            i = int(r.txn_id)  # transactions from kernel connections: txn_id is the row
+            row = _Row(**{c: v[i] for c, v in kc.items()})
+            if row.t_open not in self.due_opens:
                 continue  # reported before, shed, or not due yet
+            key = (str(row.caddr), int(row.cport), str(row.saddr), int(row.sport), int(row.t_open))
+            is_open = (row.cport, row.t_open) in opened or (row.sport, row.t_open) in opened
             if is_open:
                 if key in self.reported:
                     continue
@@ -305,6 +319,22 @@ class EventFeed:
         self.show_quiet = show_quiet
         self.seen = 0
         self.not_shown = 0
+
+    def columns(self, cols: Dict[str, list], quiet: bool = False, room: int = 200) -> None:
+        """A batch of recorded events (columns): only the few that can be shown become dicts
+        (the display shows at most 50 a second; the rest are counted), none when `quiet`."""
+        kinds = cols["kind"]
+        self.seen += len(kinds)
+        if quiet:
+            return
+        names = list(cols)
+        for i, kind in enumerate(kinds):
+            if not self.show_quiet and kind in QUIET_KINDS:
+                continue
+            if self.queue.qsize() >= room:
+                self.not_shown += sum(1 for k in kinds[i:] if self.show_quiet or k not in QUIET_KINDS)
+                return
+            self.queue.put_nowait({c: cols[c][i] for c in names})
 
     def __call__(self, ev: Dict[str, Any]) -> None:
         self.seen += 1

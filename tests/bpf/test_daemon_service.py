@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -94,8 +95,11 @@ def test_notify_config_sighup_and_sigterm(tmp_path):
     assert new.meta.probes == old.meta.probes and new.meta.sysctls == old.meta.sysctls
     # the rotated file kept what was written before the SIGHUP, the new one what came after
     assert "reset_received" in (tmp_path / "trace.log.1").read_text()
-    for line in log.read_text().splitlines():
-        assert "\n" not in line and len(line) > 0
+    # one line each into a file (no wrapping at 80 columns, no value cut short)
+    for line in log.read_text().splitlines() + (tmp_path / "trace.log.1").read_text().splitlines():
+        assert re.match(r"(\d\d:\d\d:\d\d\.\d{3} \S+ +\d+/\S+ .* > .*|TIME +KIND +PID/COMM .*|\.\.\. .*)$", line), line
+    for line in trace.err:
+        assert re.match(r"(Tracing TCP|-- \d|SIGHUP|complete:|Wrote|Next:|spiketrace: )", line), line
 
 
 @pytest.mark.parametrize("gap_s", [0.12])
