@@ -17,7 +17,8 @@
 #          --jobs N     guests at once (default 1)      --accel auto|kvm|tcg  (default auto: tried)
 #          --timeout S  per guest (default 1500)        --memory SIZE  per guest (default 4G)
 #          --tests "PYTEST ARGS"  what pytest runs in each guest (default: tests/kernels)
-#          --extended   also the guest tests CI leaves out (km_extended)
+#          --extended   also the guest tests CI leaves out (km_extended), and every end-to-end
+#                       run on every kernel (by default two per kernel: E2E_PLAN below)
 # SPIKETRACE_KM_* and SPIKETRACE_TEST_* variables (test sizes) are passed on to the guests.
 # Under CI (CI=true) a kernel whose packages cannot be fetched fails; elsewhere it is skipped.
 # Needs root and `scripts/install.sh --test` (qemu-system-x86, virtme-ng, kmod, udev, busybox).
@@ -78,6 +79,11 @@ declare -A SERIES_REGEX=(
     [6.1]='^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$'
     [6.12]='^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$'
 )
+# The end-to-end runs each kernel makes (tests/kernels, marker km_e2e), two per kernel so that
+# CI's matrix fits in its time (2-4 min each under TCG); --extended, --tests or an image of
+# your own: all of them.
+declare -A E2E_PLAN=([5.10]="syn-loss original" [6.1]="listen-overflow original"
+                     [6.12]="syn-loss listen-overflow")
 apt_dir="$cache/apt"
 apt_opts=(-o "Dir::State=$apt_dir/state" -o "Dir::State::status=$apt_dir/state/status"
           -o "Dir::Cache=$apt_dir/cache" -o "Dir::Etc::SourceList=$apt_dir/sources.list"
@@ -271,6 +277,9 @@ run_guest() {
         printf 'KM_TESTS=%q\n' "$tests"
         printf 'KM_BUDGET_S=%q\n' "$((guest_timeout - 60))"  # less the boot
         printf 'export SPIKETRACE_KM_EXTENDED=%q\n' "$extended"
+        if [ "$extended" -eq 0 ] && [ "$tests" = tests/kernels ] && [ -n "${E2E_PLAN[$name]:-}" ]; then
+            printf 'export SPIKETRACE_KM_E2E=%q\n' "${E2E_PLAN[$name]}"
+        fi
         local var
         for var in $(compgen -e | grep -E '^SPIKETRACE_(KM|TEST)_'); do
             printf 'export %s=%q\n' "$var" "${!var}"

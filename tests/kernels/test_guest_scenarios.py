@@ -20,7 +20,7 @@ CLIENTS = {"listen-overflow": ["-c", str(size("LISTEN_OVERFLOW_CLIENTS", 3))]}
 RUN_TIMEOUT_S = size("RUN_TIMEOUT_S", 600)
 
 
-@pytest.mark.parametrize("scenario", list(TRANSACTIONS))
+@pytest.mark.parametrize("scenario", [pytest.param(s, marks=pytest.mark.km_e2e(s)) for s in TRANSACTIONS])
 def test_scenario_runs_and_explains_its_spikes(scenario, tmp_path, monkeypatch):
     _args, cause = host.CASES[scenario]
     monkeypatch.setitem(host.CASES, scenario,
