@@ -30,7 +30,11 @@ die() { printf 'kernel-matrix.sh: %s\n' "$*" >&2; exit 2; }
 
 kernels=()
 headers=""
-cache=${SPIKETRACE_KERNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spiketrace/kernels}
+if [ -n "${HOME:-}" ]; then
+    cache=${SPIKETRACE_KERNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spiketrace/kernels}
+else
+    cache=${SPIKETRACE_KERNEL_CACHE:-/var/cache/spiketrace/kernels}
+fi
 results=""
 jobs=1
 accel=auto

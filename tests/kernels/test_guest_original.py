@@ -3,7 +3,7 @@ tests/e2e/test_original_app.py (its server, clients, `Trace` and `_slow_lines`),
 transactions and every client printing the verbose form (`start duration_s local_port`), so each
 slow line is matched to its kernel connection by port. The host test's plain-form clients are
 matched by aligning logged durations with connection lifetimes, which a TCG guest's timing
-stretches past that matcher's tolerance (the analysis' `_match_by_order`): that stays a host
+stretches past that matcher's tolerance (`_match_by_order` in analysis/): that stays a host
 test. And where the host test takes every line over 100 ms, here a line is slow when it took
 the SYN timer's length (0.9 s or more): a TCG guest's ordinary transactions reach 100-900 ms
 with no kernel cause (a 6.1 guest logged 143 lines over 100 ms, 21 over 0.9 s, all overflows).
