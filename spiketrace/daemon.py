@@ -257,6 +257,7 @@ class Daemon:
         return rec.path
 
     def _start_live(self, sampler) -> None:
+        import analysis.core  # noqa: F401  (imported now, not in the first live analysis)
         from analysis.options import AnalysisOptions
         from spiketrace.containers import Resolver
         from spiketrace.live import LiveExplainer, LiveWindow

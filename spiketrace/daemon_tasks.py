@@ -106,10 +106,10 @@ class Tasks:
         if time.monotonic() >= self._next_trim:  # bounded memory, whether or not spikes come
             self._next_trim = time.monotonic() + TRIM_PERIOD_S
             d.window.trim(now_ns)
-        if not d.explainer.due(now_ns, open_rows):
+        if not d.explainer.due(now_ns, open_rows, final):
             return
         shed = d.explainer.shed
-        spikes = d.explainer.tick(d.meta, d.rec.path, now_ns, self.histograms(), open_rows)
+        spikes = d.explainer.tick(d.meta, d.rec.path, now_ns, self.histograms(), open_rows, final)
         if d.explainer.shed > shed and not d.opts.json:
             d.output.write(f"... {d.explainer.shed - shed:,} more slow connections not explained live "
                            "(too many at once; all are recorded, `spiketrace report` explains them)")

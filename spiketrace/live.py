@@ -30,7 +30,7 @@ from common.errors import SpikeTraceError
 from common.schema import SCHEMAS
 from common.vocab import describe_connection, describe_event, fmt_ns, state_name
 
-MAX_WAIT_S = 30.0
+MAX_WAIT_S = 20.0
 TIME_COLUMN = {"events": "t_ns", "counters": "t_ns", "connections": "t_close"}
 SpikeKey = Tuple[str, int, str, int, int]  # client addr, port, server addr, port, open time
 
@@ -182,26 +182,39 @@ class LiveExplainer:
         self.max_per_analysis = 500
         self.shed = 0  # slow connections not explained live (a storm; the report explains them)
         self.due_opens: set = set()
-        self.max_share = 0.02  # of one CPU, on live analyses (~0.3 s each here, mostly fixed cost)
-        self._next_ns = 0
+        self.max_share = 0.05  # of one CPU on average, on live analyses (~0.2-0.3 s each here,
+        self.burst_s = 1.0     # mostly a fixed cost), and up to 1 s at once
+        self._tokens = self.burst_s
+        self._budget_t = time.monotonic_ns()
         self.analyses = 0
         self.analysis_s = 0.0
         self.errors = 0
         self.last_error: Optional[str] = None
 
-    def due(self, now_ns: int, open_rows: Optional[Dict[str, list]] = None) -> bool:
+    def _budget(self, now_ns: int) -> float:
+        """CPU seconds live analyses may spend now: a bucket that fills at `max_share` of a CPU
+        up to `burst_s`, so a spike now and then is explained at once and a storm of them costs
+        at most `max_share` on average (the spikes are then explained together, a few seconds
+        later)."""
+        elapsed = max(now_ns - self._budget_t, 0) / 1e9
+        self._budget_t = now_ns
+        self._tokens = min(self.burst_s, self._tokens + elapsed * self.max_share)
+        return self._tokens
+
+    def due(self, now_ns: int, open_rows: Optional[Dict[str, list]] = None, final: bool = False) -> bool:
         ready = now_ns - self.grace_ns
-        if now_ns < self._next_ns:
-            return False  # the cost bound: see `tick`
+        if not final and not self._budget(now_ns) > 0:
+            return False  # the cost bound: see `_budget`
         return any(c <= ready for _o, c in self.window.pending) or bool(open_rows and open_rows["t_open"])
 
     def tick(self, meta, path, now_ns: int, histograms: Optional[Dict[str, list]] = None,
-             open_rows: Optional[Dict[str, list]] = None) -> List[Spike]:
-        """New spikes since the last tick (none if nothing is due)."""
+             open_rows: Optional[Dict[str, list]] = None, final: bool = False) -> List[Spike]:
+        """New spikes since the last tick (none if nothing is due). `final` (at stop): every
+        connection closed so far is due, whatever the budget."""
         from analysis import analyse
         from common.rundir import MemoryRun
 
-        if not self.due(now_ns, open_rows):
+        if not self.due(now_ns, open_rows, final):
             return []
         ready = now_ns - self.grace_ns
         due = sorted((c, o) for o, c in self.window.pending if c <= ready)
@@ -239,10 +252,9 @@ class LiveExplainer:
             took = time.thread_time() - started
             self.analyses += 1
             self.analysis_s += took
-            # at most `max_share` of a CPU on live analysis: after a slow one, wait longer (the
-            # spikes are then reported a few seconds later, together), but never later than
-            # MAX_WAIT_S, well within the window's horizon
-            self._next_ns = now_ns + int(min(took / self.max_share, MAX_WAIT_S) * 1e9)
+            # the budget may go negative, down to MAX_WAIT_S of refilling: spikes are never
+            # explained later than that, well within the window's horizon
+            self._tokens = max(self._tokens - took, -MAX_WAIT_S * self.max_share)
         return self._new_spikes(result, opened, ready)
 
     def _new_spikes(self, result, opened, ready: int) -> List[Spike]:
