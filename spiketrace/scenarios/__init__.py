@@ -106,7 +106,7 @@ _LIST = [
         params={"cpu": None, "hogs": 1, "start_delay_ms": 200.0, "burst_ms": 150.0, "period_ms": 500.0,
                 "duration_s": 3600.0, "policy": "fifo", "pin": "both"},
         injection_class=CpuContention,
-        n=20_000,
+        n=100_000,  # ~9 s of load: ~18 bursts of the hog
     ),
     Scenario(
         name="nagle-delack",
