@@ -45,7 +45,8 @@ def parse_duration_ms(text: str) -> float:
     """`100ms`, `1s`, `250us`, `0.1s` or a bare number of milliseconds -> milliseconds, the
     syntax of every command (common.text); negative, NaN and infinite values are refused."""
     try:
-        return check_range(parse_duration(text, "ms"), "duration", 0.0, 86_400_000.0, unit="ms")
+        # at most a year: beyond, a duration is a typo (and its ns would leave int64 behind)
+        return check_range(parse_duration(text, "ms"), "duration", 0.0, 366 * 86_400_000.0, unit="ms")
     except SpikeTraceError as exc:
         raise SpikeTraceError(f"invalid {exc}") from None
 

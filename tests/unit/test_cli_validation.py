@@ -94,8 +94,6 @@ def test_no_float_option_escapes_the_shared_types():
     assert loose == [], f"plain float options (NaN and inf pass): {loose}"
 
 
-@pytest.mark.xfail(reason="spiketrace/commands/trace.py is not changed yet (its owner applies the "
-                          "Duration types: see issue 15's note)", strict=False)
 @pytest.mark.parametrize("argv", [["trace", "--threshold", "1e30"], ["trace", "--threshold", "nan"],
                                   ["trace", "-d", "inf"], ["trace", "--summary-interval", "nan"]])
 def test_trace_refuses_bad_values_while_parsing(capsys, argv):
@@ -103,7 +101,6 @@ def test_trace_refuses_bad_values_while_parsing(capsys, argv):
     assert code == 2 and err.startswith("spiketrace: invalid value for")
 
 
-@pytest.mark.xfail(reason="trace.py: as above", strict=False)
 def test_trace_reads_the_shared_duration_syntax():
     assert _context(["trace", "--threshold", "100ms", "-d", "10s"]).params["duration_s"] == 10.0
 
