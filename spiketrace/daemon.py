@@ -56,6 +56,7 @@ class TraceOptions:
     segment_s: Optional[float] = None
     expire_interval_s: float = 30.0
     bpf_stats: bool = False
+    counter_hz: float = 20.0
 
 
 # -- validation: one clear line per mistake, before anything is attached --------------------------
@@ -232,6 +233,9 @@ class Daemon:
             self.sampler = sampler = rec.start_sampler(_netns_ref(opts), opts.ports,
                                                        flush_interval_s=opts.flush_interval_s)
             sampler.keep_going_on_write_errors()
+            if opts.counter_hz != sampler.hz:
+                sampler.set_rate(opts.counter_hz)
+                rec.meta.params.counter_hz = sampler.hz
             if opts.explain:
                 self._start_live(sampler)
             if opts.bpf_stats:

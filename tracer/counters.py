@@ -270,6 +270,13 @@ class CounterSampler:
     _samples_base = 0
     _ended_samples = 0
 
+    def set_rate(self, hz: float) -> None:
+        """Sample `hz` times a second from the next sample on (the trace daemon's --counter-hz)."""
+        if not hz > 0:
+            raise ValueError("hz must be positive")
+        self.hz = float(hz)
+        self.period_ns = int(1e9 / hz)
+
     def keep_going_on_write_errors(self) -> None:
         """A part that cannot be written (a full disk) is dropped and counted, sampling goes on."""
         self._keep_going = True
