@@ -177,6 +177,12 @@ def _read_plain(path: Path, numbered) -> Tuple[pd.DataFrame, str, List[str]]:
 
 def _columns(names: List[str], path: Path, ts_kind: str) -> Dict[str, Tuple[str, object]]:
     """Header names -> role: duration (scale), start/end/ts (kind), local_port, remote_port."""
+    seen = set()
+    for name in names:
+        key = str(name).strip().lower()
+        if key in seen:
+            raise SpikeTraceError(f"{path}: column {name!r} appears twice in the header")
+        seen.add(key)
     roles: Dict[str, Tuple[str, object]] = {}
     for name in names:
         key = str(name).strip().lower()

@@ -171,6 +171,8 @@ def load(run, need_events: bool = True, app_log=None, match_window_ms: float = 1
     else:
         txn = run.table("transactions", categories=True)
         if txn.empty and has_conns:
+            if kernel is None:  # a transactions table with only empty parts
+                kernel = kernel_connections(run.table("connections"))
             txn = transactions_from_kernel(kernel).assign(server_pid=kernel["server_pid"].to_numpy())
             source = "connections"
             run.warnings[:] = [w for w in run.warnings if not w.startswith("missing transactions")]

@@ -31,9 +31,7 @@ from typing import Any, Callable, List, Optional, Sequence
 from common import rundir
 from common.errors import SpikeTraceError
 from common.meta import Meta, new_meta, now_wall
-
-COUNTED_TABLES = {"transactions": "transactions", "server": "server_connections",
-                  "events": "events", "connections": "connections"}
+from common.rundir import COUNTED_TABLES  # table -> meta.json counts key
 
 
 class Recording:

@@ -69,12 +69,14 @@ def rows(table_dir: Path, ok_only: bool = False) -> int:
 
 def kill_one(out: Path, sig: signal.Signals, after_s: float, scenario: str = "seed",
              concurrency: int = 2) -> KillResult:
-    """Start a long run, send it `sig` about `after_s` s after its first table appeared."""
+    """Start a long run, send it `sig` about `after_s` s after its first client records reached
+    the disk (so the kill falls in the load, whatever the set-up took)."""
     proc = subprocess.Popen(spiketrace_cmd("run", "-n", "1000000", "-c", str(concurrency), "--scenario",
                                            scenario, "--no-report", "-o", str(out)),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while not (out / "transactions.parquet").exists() and not (out / "server.parquet").exists():
+    # the load has begun once a client part file is on disk (bench writers flush every second)
+    while not any((out / "transactions.parquet").glob("*.parquet")):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"run did not start: {proc.stderr.read().decode()}")
         time.sleep(0.05)
