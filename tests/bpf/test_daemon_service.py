@@ -117,7 +117,9 @@ def test_second_ctrl_c_soon_after_the_first_loses_nothing(tmp_path, gap_s):
             rc = trace.finish(sig=None)
         finally:
             trace.kill()
-    assert rc in (0, 130), trace.stderr
+    # 0 or 130 when the second Ctrl-C came while stopping; killed by it (-2) when it came after
+    # the command had finished and handed SIGINT back: either way nothing is lost (below)
+    assert rc in (0, 130, -signal.SIGINT), trace.stderr
     assert "Traceback" not in trace.stderr and "Aborted" not in trace.stderr
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] in ("complete", "interrupted")
