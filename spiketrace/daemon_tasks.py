@@ -193,7 +193,6 @@ class Tasks:
         """Close the current segment (complete) and go on in a new one, probes attached."""
         from common import rundir
         from common.meta import new_meta
-        from spiketrace.recording import COUNTED_TABLES
 
         d, rec, seg = self.d, self.d.rec, self.d.segments
         new = seg.next_path()
@@ -213,7 +212,7 @@ class Tasks:
         fresh.notes.append(f"continues segment {old.name}")
         meta.status = "complete"
         meta.ended_wall = fresh.started_wall
-        for table, key in COUNTED_TABLES.items():
+        for table, key in rundir.COUNTED_TABLES.items():
             meta.counts[key] = rundir.table_rows(old, table)
         meta.counts.update(lost_events=ended.lost_events, connections_counted=ended.connections_counted,
                            connections_sent=ended.connections_sent, counter_samples=samples)
