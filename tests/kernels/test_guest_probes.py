@@ -1,6 +1,6 @@
 """Probe selection, the verifier and attach on this kernel: the default plan (what doctor
 chose) in two filter modes, the kprobe/kretprobe and tracepoint variants through the verifier
-(reusing tests/bpf/test_tracer_load.py with one filter mode each: every compile costs 20-150 s
+(reusing tests/bpf/test_tracer_load.py with one filter mode each: every compile costs 15-60 s
 in a guest), the compiler's and the verifier's own words, and the kprobe variants attached for
 real where the kernel has kprobes, tracing connections made in a private namespace."""
 from __future__ import annotations
@@ -39,9 +39,20 @@ def test_kprobe_variants_pass_the_verifier(monkeypatch):
     host.test_kprobe_variants_pass_the_verifier()
 
 
-def test_tracepoint_variants_pass_the_verifier(monkeypatch):
-    monkeypatch.setattr(host, "CONFIGS", host.CONFIGS[:1])
-    host.test_tracepoint_variants_pass_the_verifier()
+def test_tracepoint_variants_pass_the_verifier():
+    """Every tracepoint variant this kernel offers passes the verifier, and one it cannot offer
+    says why in the plan (tests/bpf/test_tracer_load.py expects all of them, as on 6.x: on 5.10
+    tcp:tcp_retransmit_skb, tcp_retransmit_synack, tcp_send_reset and tcp_receive_reset have no
+    `family` field, so those fall back to raw tracepoints only)."""
+    force = {name: "tracepoint" for name in ("state_change", "retransmit", "synack_retransmit",
+                                             "reset_sent", "reset_received", "drop", "runq_delay")}
+    plan = probes.plan(force=force)
+    lacking = sorted(name for name in force if plan.backends[name] != "tracepoint")
+    for name in lacking:
+        assert plan.backends[name] == "unavailable", plan.notes
+        assert any(n.startswith(f"{name}: unavailable (tracepoint: ") for n in plan.notes), plan.notes
+    assert "state_change" not in lacking, plan.notes
+    assert host._load_all(plan, host.CONFIGS[:1]) == len(plan.attachments())
 
 
 def test_compile_error_carries_compiler_text():
