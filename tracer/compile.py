@@ -32,6 +32,17 @@ def output_backend() -> str:
     return "ringbuf" if (major, minor) >= (5, 8) else "perf"
 
 
+def bpf_atomics() -> bool:
+    """BPF compare-and-swap and fetch-or (Linux 5.12+); SPIKETRACE_NO_ATOMICS=1 forces without."""
+    if os.environ.get("SPIKETRACE_NO_ATOMICS") == "1":
+        return False
+    release = os.uname().release.split("-")[0].split(".")
+    try:
+        return (int(release[0]), int(release[1])) >= (5, 12)
+    except (IndexError, ValueError):
+        return True
+
+
 def pages(n: int) -> int:
     """Ring buffer pages: a power of two, at least 1."""
     p = 1
@@ -53,6 +64,8 @@ def render_source(config: TracerParams, *, force: Optional[Dict[str, str]] = Non
     defines: Dict[str, int] = dict(btf.tracer_offsets(kernel))
     skc = [v for k, v in defines.items() if k.startswith("OFF_SKC_")]
     defines["SKC_SPAN"] = (max(skc) + 16 + 7) // 8 * 8  # sock_common read in one go
+    if not bpf_atomics():
+        defines["ST_NO_ATOMICS"] = 1
     defines.update(plan.defines)
     defines["NETNS_INUM"] = int(config.netns_inum)
     if config.ports:

@@ -151,7 +151,17 @@ static __always_inline struct st_conn *conn_find(const void *sk)
 
 static __always_inline int conn_try_claim(struct conn_slot *s, u64 key)
 {
+#ifdef ST_NO_ATOMICS
+	/* kernels before 5.12 have no BPF compare-and-swap: a plain claim; two sockets hashed to
+	 * one free slot on two CPUs at the same instant could both take it (rare; the later one
+	 * wins, the earlier one's tracking is lost) */
+	if (!s || s->sk != 0)
+		return 0;
+	s->sk = key;
+	return 1;
+#else
 	return s && s->sk == 0 && __sync_val_compare_and_swap(&s->sk, 0, key) == 0;
+#endif
 }
 
 /* A free slot for `sk` (the caller overwrites it whole); NULL, counted, if both are held. */
@@ -303,7 +313,11 @@ static __always_inline void learn_pid(u32 tgid)
 	u64 bit;
 	struct pid_word *w = pid_word_of(tgid, &bit);
 	if (w && !((w->user | w->learned) & bit))
+#ifdef ST_NO_ATOMICS
+		w->learned |= bit; /* no BPF fetch-or before 5.12: a concurrent learn may be lost */
+#else
 		__sync_fetch_and_or(&w->learned, bit);
+#endif
 }
 
 /* Scope of a socket not tracked yet: its ports, then its netns. With only pids/cgroup given,
