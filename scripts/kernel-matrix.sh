@@ -261,11 +261,15 @@ prepare_images() {
         label="km$(printf '%s' "$d" | md5sum | cut -c1-12)"
         img="$cache/images/$label.img"
         if make_image "$d" "$img" "$label"; then
+            touch "$img"  # in use: kept by the pruning below
             images+=("$label=$d=$img")
         else
             say "could not make an image of $d: the guests read it over 9p (slower)"
         fi
     done < <(python_dirs)
+    # each clone's venv gets its own image (its editable install names the clone's path): drop
+    # the ones no run has used for two days, so that CI's fresh clones do not fill the disk
+    find "$cache/images" -maxdepth 1 -name 'km*.img' -mtime +1 -delete 2>/dev/null || true
 }
 
 # run_guest NAME KIMG HEADERS [HEADERS_IMAGE]: boots KIMG and runs scripts/kernel-matrix-guest.sh inside; every
