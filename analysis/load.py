@@ -176,7 +176,15 @@ def load(run, need_events: bool = True, app_log=None, match_window_ms: float = 1
             txn = transactions_from_kernel(kernel).assign(server_pid=kernel["server_pid"].to_numpy())
             source = "connections"
             run.warnings[:] = [w for w in run.warnings if not w.startswith("missing transactions")]
-    if txn.empty:
+    if txn.empty and run.meta.kind == "trace" and source != "app_log":
+        # a healthy trace: the kernel counted every connection and sent none in detail; the
+        # report still has the counts, histograms and counters (and says none was slow)
+        if kernel is None:
+            kernel = kernel_connections(None)
+        txn = transactions_from_kernel(kernel).assign(server_pid=np.zeros(0, np.int64))
+        source = "connections"
+        run.warnings[:] = [w for w in run.warnings if not w.startswith("missing transactions")]
+    elif txn.empty:
         if source == "app_log":
             raise SpikeTraceError("the application log has no entries; nothing to analyse")
         if kernel is not None and has_conns:

@@ -151,6 +151,13 @@ def no_spike_lines(summary: Dict[str, Any]) -> List[str]:
     """With no spike: what was measured and why nothing counted as a spike."""
     c, lat, opt = summary["counts"], summary.get("latency_ms") or {}, summary["options"]
     what = "entries" if summary["run"].get("source") == "app_log" else "transactions"
+    trace = summary.get("trace") or {}
+    if not c["transactions"] and trace.get("connections_counted"):
+        slow = trace.get("slow_threshold_ms")
+        over = f" (slower than {fmt_ms(slow)})" if slow else ""
+        return [f"No spikes: the kernel counted {trace['connections_counted']:,} connections and none was "
+                f"slow{over} or anomalous (no retransmit, reset or failed connect); their times are in "
+                "the histograms above."]
     if not c["transactions"]:
         return [f"No spikes: no {what} were measured."]
     measured = ", ".join(f"{name} {fmt_ms(lat[key])}" for key, name in

@@ -34,7 +34,11 @@ def _pyplot():
 def _svg(fig, salt: str) -> str:
     matplotlib, plt = _pyplot()
     buf = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "none"}):
+    import warnings
+
+    with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "none"}), warnings.catch_warnings():
+        # an empty plot (a healthy trace: nothing slow) warns of flat limits: nothing to say
+        warnings.simplefilter("ignore", UserWarning)
         # cropped to what is drawn (a second layout pass): long tick labels and legends fit
         fig.savefig(buf, format="svg", metadata={"Date": None}, bbox_inches="tight", pad_inches=0.08)
     plt.close(fig)
@@ -148,7 +152,8 @@ def histogram(data: ReportData) -> str:
         ax.axvline(data.threshold_ms, color="#d62728", ls="--", lw=0.8)
     ax.set_xlabel("latency (log scale)")
     ax.set_ylabel("transactions")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if ax.get_legend_handles_labels()[0]:  # nothing drawn (no transaction): no legend
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _svg(fig, "fig-hist")
 
 

@@ -293,3 +293,29 @@ def test_the_server_holding_a_request_is_server_processing_with_its_phases_in_ex
     texts = [r["text"] for r in explain_transaction(run, int(e.txn_id), AnalysisOptions(relative=0)).rows]
     assert "read the request (kernel; thread 92)" in texts
     assert "replied after holding it 200 ms (kernel; thread 92)" in texts
+
+
+def test_a_healthy_trace_is_reported_with_its_counts_and_histograms(tmp_path):
+    """`spiketrace trace` on a server with no slow connection: the kernel counted them all and
+    sent none in detail. The report says so, with the histograms, and exits 0 (it failed with
+    'nothing to analyse' before)."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    path = tmp_path / "run"
+    rundir.create_run_dir(path)
+    meta = rundir.new_meta("trace", scenario="trace")
+    meta.status = "complete"
+    meta.counts = {"events": 0, "connections": 0, "lost_events": 0, "connections_counted": 6000,
+                   "connections_sent": 0}
+    rundir.write_table(path, "histograms", pd.DataFrame({
+        "t_ns": [1, 1], "name": ["lifetime_ns", "connect_ns"], "log2_bucket": [20, 17], "count": [6000, 3000]}))
+    rundir.write_meta(path, meta)
+    proc = subprocess.run([sys.executable, "-m", "spiketrace.cli", "report", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "the kernel counted 6,000 connections and none was slow" in " ".join(proc.stdout.split())
+    assert "connection lifetime" in proc.stdout and "Traceback" not in proc.stderr
+    assert (path / "report.html").exists()
