@@ -197,20 +197,37 @@ def detect_port_exhaustion(ctx: Context) -> None:
     b_event = last_err.reindex(ti).fillna(0).to_numpy(dtype=np.int64)
     b = np.where(b_event > 0, b_event, np.where(t_conn > 0, t_conn, end))
     failures = np.maximum(attempts[ti] - 1, ev_count.reindex(ti).fillna(0).to_numpy(dtype=np.int64))
-    tw = ctx.frames.counters.at("sockstat.tw", t_start)
+    # the census at its fullest while connect() failed (sampled every period: the value at the
+    # start can predate the sockets that filled the range)
+    tw = ctx.frames.counters.window_max("sockstat.tw", t_start, b + ctx.period_ns)
     prange = facts.local_port_range(ctx.meta)
+    reuse = _tw_reuse_text(ctx.meta)
     range_text = f", local port range {prange[0]}-{prange[1]} = {prange[1] - prange[0] + 1:,} ports" if prange else ""
     failed = ctx.col("outcome")[ti] == "connect_failed"
     sentences, shorts = [], []
     for k in range(len(ti)):
         census = f"{tw[k]:,} sockets in TIME_WAIT" if tw is not None else "TIME_WAIT census not sampled"
         times = f"{failures[k]:,} times " if failures[k] > 0 else ""
-        end_text = "the transaction gave up" if failed[k] else f"a port was free after {fmt_ns(b[k] - t_start[k])}"
+        end_text = ("the transaction gave up" if failed[k] else
+                    f"a port was free after {fmt_ns(b[k] - t_start[k])}{reuse}")
         sentences.append(f"connect() failed {times}with EADDRNOTAVAIL: no local port was free "
                          f"({census}{range_text}); {end_text}.")
         shorts.append(f"port exhaustion (EADDRNOTAVAIL) cost {fmt_ns(b[k] - t_start[k])}")
     ctx.cands.add(ti, "port_exhaustion", "eaddrnotavail", t_start, b, sentences, shorts)
     ctx.cands.cite(errs["ti"].to_numpy(), "port_exhaustion", errs["ev_row"].to_numpy())
+
+
+def _tw_reuse_text(meta) -> str:
+    """Which rule frees a port in TIME_WAIT for a new connect() (net.ipv4.tcp_tw_reuse: 1
+    always, 2 loopback only; tcp_tw_reuse_delay, 6.13+, else 1 s), or nothing if none does."""
+    sysctls = meta.sysctls or {}
+    mode = str(sysctls.get("net.ipv4.tcp_tw_reuse", "")).strip()
+    if mode not in ("1", "2"):
+        return ""
+    delay = str(sysctls.get("net.ipv4.tcp_tw_reuse_delay", "1000")).strip() or "1000"
+    scope = "" if mode == "1" else " on loopback"
+    return (f" (tcp_tw_reuse={mode} lets connect() reuse a TIME_WAIT port{scope} once it has been "
+            f"idle {int(delay) / 1000:g} s)")
 
 
 def detect_reset(ctx: Context) -> None:

@@ -244,7 +244,7 @@ def detect_runq_delay(ctx: Context) -> None:
     sd = side[i]
     comm = ev["comm"].iloc[rows[j]].astype(str).to_numpy()
     pid = e_pid[j]
-    sentences = [f"The {s} thread ({c}, pid {p}) waited {fmt_ns(e_b[jj] - e_a[jj])} runnable but not "
+    sentences = [f"The {s} thread {p} ({c}) waited {fmt_ns(e_b[jj] - e_a[jj])} runnable but not "
                  f"running (another task had the CPU) at {fmt_rel(bb - t_start[t])}."
                  for s, c, p, jj, bb, t in zip(sd, comm, pid, j, b, tx)]
     shorts = [f"the {s} thread waited {fmt_ns(bb - aa)} for a CPU" for s, aa, bb in zip(sd, a, b)]

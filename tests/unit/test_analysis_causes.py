@@ -231,9 +231,10 @@ def test_linger_reset_after_the_last_reply_is_not_a_cause(tmp_path):
 
 @pytest.mark.parametrize("side", ["client", "server"])
 def test_runq_delay_of_the_client_or_server_thread(tmp_path, side):
+    pid = 1000 if side == "client" else 2000  # SyntheticRun's client and server
+
     def build(run):
         t = run.txn(ex1_ms=120.2)
-        pid = run.client_pid if side == "client" else run.server_pid
         return run.event("runq_delay", t["t_connected"] + 120 * MS, None, pid=pid, comm=f"{side}-proc",
                          value=118 * MS, value2=1)
 
@@ -241,7 +242,7 @@ def test_runq_delay_of_the_client_or_server_thread(tmp_path, side):
     e = only_spike(result)
     assert (e.cause, e.cause_detail) == ("runq_delay", side)
     assert e.runq_delay_ns == 118 * MS and list(e.evidence_events) == [ev]
-    assert f"The {side} thread ({side}-proc" in e.sentence
+    assert f"The {side} thread {pid} ({side}-proc)" in e.sentence  # a thread id, named as one
 
 
 def test_delayed_ack_stall_with_split_writes(tmp_path):
