@@ -155,23 +155,35 @@ def _empty_frame(n: int) -> Dict[str, np.ndarray]:
             "script": np.full(n, -1, np.int64)}
 
 
-def _read_plain(path: Path, numbered) -> Tuple[pd.DataFrame, str, List[str]]:
-    nums, line_no, bad = [], [], []
+def _parse_lines(path: Path, numbered, parse, what: str):
+    """(values, their line numbers, a warning list) of the lines `parse` reads (it returns None
+    for a line that is not one of `what`; the skipped lines are counted in the warning)."""
+    values, line_no, bad = [], [], []
     for n, ln in numbered:
-        try:
-            v = float(ln.split()[0]) if len(ln.split()) == 1 else None
-        except ValueError:
-            v = None
-        if v is None or not math.isfinite(v) or v < 0:
+        v = parse(ln)
+        if v is None:
             bad.append(n)
             continue
-        nums.append(v)
+        values.append(v)
         line_no.append(n)
+    warn = [f"{path}: skipped {len(bad):,} line(s) that are not {what} (first: line {bad[0]})"] if bad else []
+    return values, np.asarray(line_no, np.int64), warn
+
+
+def _plain_value(ln: str) -> Optional[float]:
+    cells = ln.split()
+    try:
+        v = float(cells[0]) if len(cells) == 1 else None
+    except ValueError:
+        return None
+    return v if v is not None and math.isfinite(v) and v >= 0 else None
+
+
+def _read_plain(path: Path, numbered) -> Tuple[pd.DataFrame, str, List[str]]:
+    nums, line_no, warn = _parse_lines(path, numbered, _plain_value, "a duration in seconds")
     cols = _empty_frame(len(nums))
-    cols["line"] = np.asarray(line_no, np.int64)
+    cols["line"] = line_no
     cols["duration_ns"] = np.round(np.asarray(nums, float) * 1e9).astype(np.int64)
-    warn = [f"{path}: skipped {len(bad):,} line(s) that are not a duration in seconds "
-            f"(first: line {bad[0]})"] if bad else []
     return pd.DataFrame(cols), "plain", warn
 
 
@@ -313,48 +325,38 @@ def _read_table(path: Path, numbered, ts_kind: str) -> Tuple[pd.DataFrame, str, 
 def _read_ab_g(path: Path, numbered) -> Tuple[pd.DataFrame, str, List[str]]:
     """ApacheBench -g: `starttime<TAB>seconds<TAB>ctime<TAB>dtime<TAB>ttime<TAB>wait`, times in
     ms, the start in whole epoch seconds (so each start is known to within a second)."""
-    rows, line_no, bad = [], [], []
-    for n, ln in numbered[1:]:
-        cells = ln.split("\t")
-        try:
-            seconds, ttime = int(cells[1]), float(cells[4])
-        except (IndexError, ValueError):
-            bad.append(n)
-            continue
-        if not math.isfinite(ttime) or ttime < 0:
-            bad.append(n)
-            continue
-        rows.append((seconds, ttime))
-        line_no.append(n)
+    rows, line_no, warn = _parse_lines(path, numbered[1:], _ab_g_row, "ab -g rows")
     cols = _empty_frame(len(rows))
-    cols["line"] = np.asarray(line_no, np.int64)
+    cols["line"] = line_no
     cols["duration_ns"] = np.asarray([round(t * 1e6) for _, t in rows], np.int64)
     cols["ts"] = np.asarray([float(sec) for sec, _ in rows], float)
     cols["ts_kind"] = np.full(len(rows), "start", dtype=object)
     cols["ts_resolution_ns"] = np.full(len(rows), S, np.int64)
-    warn = [f"{path}: skipped {len(bad):,} line(s) that are not ab -g rows (first: line {bad[0]})"] if bad else []
     return pd.DataFrame(cols), "ab-g", warn
+
+
+def _ab_g_row(ln: str) -> Optional[Tuple[int, float]]:
+    """(start in epoch seconds, ttime ms) of an ab -g line, None if it is not one."""
+    cells = ln.split("\t")
+    try:
+        seconds, ttime = int(cells[1]), float(cells[4])
+    except (IndexError, ValueError):
+        return None
+    return (seconds, ttime) if math.isfinite(ttime) and ttime >= 0 else None
 
 
 def _read_pgbench(path: Path, numbered) -> Tuple[pd.DataFrame, str, List[str]]:
     """pgbench -l: one line per transaction, its end at `time_epoch.time_us` and its latency
     `time` in us (with -C, connection included); `script_no` is kept as `script`."""
-    rows, line_no, bad = [], [], []
-    for n, ln in numbered:
-        row = _pgbench_row(ln.split())
-        if row is None:
-            bad.append(n)
-            continue
-        rows.append(row)
-        line_no.append(n)
+    rows, line_no, warn = _parse_lines(path, numbered, lambda ln: _pgbench_row(ln.split()),
+                                       "pgbench -l rows")
     cols = _empty_frame(len(rows))
-    cols["line"] = np.asarray(line_no, np.int64)
+    cols["line"] = line_no
     cols["duration_ns"] = np.asarray([d * 1000 for _, d, _, _ in rows], np.int64)
     cols["ts"] = np.asarray([end for _, _, _, end in rows], float)
     cols["ts_kind"] = np.full(len(rows), "end", dtype=object)
     cols["ts_resolution_ns"] = np.full(len(rows), 1000, np.int64)
     cols["script"] = np.asarray([sc for _, _, sc, _ in rows], np.int64)
-    warn = [f"{path}: skipped {len(bad):,} line(s) that are not pgbench -l rows (first: line {bad[0]})"] if bad else []
     return pd.DataFrame(cols), "pgbench-l", warn
 
 
