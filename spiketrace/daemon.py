@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from common.errors import SpikeTraceError
 from common.vocab import describe_event
@@ -150,6 +150,7 @@ class Daemon:
         self.pids_expired = 0
         self.last_retransmit = -1e9
         self.problems: Dict[str, str] = {}  # what went wrong while running, said once each
+        self.write_failing: Set[str] = set()  # the writers failing now: "meta", "rows"
         self._lines_budget = float(MAX_LINES_PER_S)
         self._budget_t = time.monotonic()
         self._skipped_lines = 0
@@ -183,7 +184,7 @@ class Daemon:
             h["errors"] += w.write_errors
             h["rows_dropped"] += w.rows_dropped
             h["last_error"] = h["last_error"] or w.last_error
-        h["errors"] += int("meta" in self.problems)
+        h["errors"] += int("meta" in self.write_failing)
         return h
 
     # ---- the run ----
@@ -398,6 +399,22 @@ class Daemon:
         if key not in self.problems:
             self.problems[key] = text
             self.console.print(f"spiketrace: {text}", style="yellow", highlight=False)
+
+    def write_state(self, writer: str, error: Optional[str]) -> None:
+        """One outage of the output (a full disk fails meta.json and the tables alike) is said
+        once, by its first error, and its end once, when every writer writes again."""
+        if error:
+            if not self.write_failing:
+                self.problem("write", f"{error}: tracing goes on and the live lines and metrics too; "
+                             "rows that cannot be written are dropped and counted "
+                             "(spiketrace_rows_dropped_total), meta.json keeps its last good "
+                             "version, everything written before is kept")
+            self.write_failing.add(writer)
+        elif writer in self.write_failing:
+            self.write_failing.discard(writer)
+            if not self.write_failing:
+                self.problems.pop("write", None)
+                self.console.print("spiketrace: writing again", style="green", highlight=False)
 
     def _note_problems(self) -> None:
         h = self.write_health()

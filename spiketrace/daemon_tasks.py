@@ -164,20 +164,14 @@ class Tasks:
         d = self.d
         try:
             d.rec.checkpoint()
-            d.problems.pop("meta", None)
         except SpikeTraceError as exc:
-            d.problem("meta", f"{exc}; tracing goes on, meta.json keeps its last good version")
+            d.write_state("meta", str(exc))
+        else:
+            d.write_state("meta", None)
 
     def health(self) -> None:
         d = self.d
-        h = d.write_health()
-        if h["last_error"]:
-            d.problem("write", f"{h['last_error']}: tracing goes on and the live lines and metrics "
-                      "too; rows that cannot be written are dropped and counted "
-                      "(spiketrace_rows_dropped_total), everything written before is kept")
-        elif "write" in d.problems:
-            d.problems.pop("write")
-            d.console.print("spiketrace: writing again", style="green", highlight=False)
+        d.write_state("rows", d.write_health()["last_error"])
 
     # ---- segments and SIGHUP ----
     def hangup(self) -> None:
