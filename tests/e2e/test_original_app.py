@@ -26,6 +26,7 @@ import pytest
 
 from common.netns import Namespace, enter as enter_netns
 from common.rundir import RunDir
+from tests.helpers.lost import assert_kept_up
 
 pytestmark = pytest.mark.bpf
 
@@ -142,7 +143,8 @@ def test_original_clients_slow_transactions_are_explained(tmp_path):
         ns.remove()
 
     meta = RunDir.open(run_dir).meta
-    assert meta.status == "complete" and meta.lost_events == 0
+    assert meta.status == "complete"
+    assert_kept_up(meta.counts)
     res = subprocess.run([SPIKETRACE, "report", str(run_dir), "--format", "md,json,parquet"]
                          + [a for log, _ in logs for a in ("-t", str(log))],
                          capture_output=True, text=True, timeout=120)
