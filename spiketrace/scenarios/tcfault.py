@@ -76,10 +76,13 @@ class TcFault:
         self._stats: Dict[str, int] = {}
 
     def cflags(self) -> List[str]:
+        from tracer.compile import bpf_atomics
+
         return [f"-DMODE={MODES[self.mode]}", f"-DPORT={int(self.port)}",
                 f"-DDROP_EVERY={int(self.drop_every)}",
                 f"-DDROP_PERMYRIAD={int(round(self.drop_fraction * 10000))}",
-                f"-DSEED={int(self.seed) & 0xffffffff}U", f"-DRECORDS_MAX={int(self.records_max)}"]
+                f"-DSEED={int(self.seed) & 0xffffffff}U", f"-DRECORDS_MAX={int(self.records_max)}",
+                *([] if bpf_atomics() else ["-DST_NO_ATOMICS=1"])]
 
     def attach(self) -> "TcFault":
         from bcc import BPF
@@ -174,12 +177,14 @@ class TcInjection(Injection):
 class ListenOverflowObserver(TcInjection):
     """Observe only: a SYN (or SYN-ACK) seen twice with the same ISN was retransmitted;
     with backlog 1 and more clients than the accept queue holds, because the full queue
-    dropped it."""
+    dropped it. A connection's first data segment seen twice was dropped by the listener: the
+    handshake's final ACK had met the full queue, so no socket held the connection yet (FACT
+    accept-queue), and the client retransmitted its request."""
 
     MODE = "observe"
 
     def gt_rows(self, recs):
-        kinds = {"syn": "syn_retransmit", "synack": "synack_retransmit"}
+        kinds = {"syn": "syn_retransmit", "synack": "synack_retransmit", "data": "data_retransmit"}
         return [gt_row(r.t_first, kinds[r.kind], "listen_overflow", *r.client_side())
                 for r in recs if r.kind in kinds and r.copies > 1]
 

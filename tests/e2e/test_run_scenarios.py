@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.helpers.lost import assert_kept_up
+
 pytestmark = [pytest.mark.bpf, pytest.mark.slow]
 
 # scenario -> (extra CLI args, the cause its spikes must be explained by, or None for none)
@@ -52,7 +54,7 @@ def test_scenario_runs_and_explains_its_spikes(scenario, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     assert meta["status"] == "complete"
-    assert meta["counts"]["lost_events"] == 0
+    assert_kept_up(meta["counts"])
     n = int(args[args.index("-n") + 1])
     txns = pd.read_parquet(out / "transactions.parquet")
     assert len(txns) == n and txns["id"].is_unique
@@ -64,9 +66,14 @@ def test_scenario_runs_and_explains_its_spikes(scenario, tmp_path):
         assert summary["accuracy"] in (None, [])
         return
     assert spikes > 0, f"{scenario} produced no spikes"
-    assert causes.get(cause, 0) == spikes, causes
+    # a handshake whose final ACK met listen-overflow's full queue costs the client's request a
+    # data retransmit rather than a SYN one; the scenario's ground truth records both
+    allowed = {cause} | ({"data_retransmit"} if scenario == "listen-overflow" else set())
+    assert set(causes) <= allowed and sum(causes.values()) == spikes, causes
     scored = {row["cause"]: row for row in summary["accuracy"] or []}
-    assert scored[cause]["precision"] == 1.0 and scored[cause]["recall"] == 1.0, scored[cause]
+    assert set(causes) <= set(scored), scored
+    for row in scored.values():
+        assert row["precision"] == 1.0 and row["recall"] == 1.0, row
 
 
 def test_syn_loss_spikes_cost_one_initial_rto(tmp_path):

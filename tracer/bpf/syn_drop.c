@@ -8,7 +8,9 @@
  * Build-time options (-D), set by spiketrace/scenarios/tcfault.py:
  *   MODE            0 observe: never drop; record SYNs and SYN-ACKs seen more than once
  *                     (same 4-tuple and ISN = retransmitted), e.g. because a full accept
- *                     queue dropped them.
+ *                     queue dropped them, and a connection's first data segment client -> PORT
+ *                     seen more than once (the listener dropped it: the handshake's final ACK
+ *                     had met a full accept queue, so no socket held the connection yet).
  *                   1 drop-syn: drop the FIRST SYN of chosen connections to PORT.
  *                   2 drop-data: drop the first data segment client -> PORT of chosen connections.
  *   PORT            server port (host order); 0 = any.
@@ -17,6 +19,9 @@
  *   SEED            mixed into that hash.
  *   RECORDS_MAX     capacity of `records`; once full nothing more is dropped, so every drop
  *                   is recorded.
+ *   ST_NO_ATOMICS   the kernel has no fetching atomics (before 5.12): the connection count
+ *                   that picks every DROP_EVERY-th is a plain increment (two CPUs may count one
+ *                   connection twice; what is dropped is still exactly what is recorded).
  * A retransmission of a dropped packet (same key) always passes, so only the first copy is lost.
  */
 #include <uapi/linux/bpf.h>
@@ -66,9 +71,9 @@ struct flow_rec {
 
 enum { ST_PACKETS, ST_SYNS, ST_CONNS, ST_DROPS, ST_RECORDS_FULL, ST_MAX };
 
-BPF_TABLE("lru_hash", struct flow_key, u64, seen, 16384);   /* handshake packets seen once */
+BPF_TABLE("lru_hash", struct flow_key, u64, seen, 65536);   /* packets seen once (SYN, SYN-ACK, first data) */
 BPF_HASH(records, struct flow_key, struct flow_rec, RECORDS_MAX);
-BPF_TABLE("lru_hash", struct flow_key, u32, isn_of, 16384); /* connection -> client ISN */
+BPF_TABLE("lru_hash", struct flow_key, u32, isn_of, 65536); /* connection -> client ISN */
 BPF_ARRAY(stats, u64, ST_MAX);
 
 static __always_inline void stat_inc(int i)
@@ -94,8 +99,14 @@ static __always_inline int chosen(u16 client_port, u32 isn)
     int i = ST_CONNS;
     u64 *n = stats.lookup(&i);
     u64 nth = 0;
-    if (n)
+    if (n) {
+#ifdef ST_NO_ATOMICS
+        nth = *n + 1;
+        *n = nth;
+#else
         nth = __sync_fetch_and_add(n, 1) + 1;
+#endif
+    }
 #if DROP_EVERY > 0
     return nth % DROP_EVERY == 0;
 #else
@@ -138,7 +149,7 @@ static __always_inline int handshake(struct flow_key *key, u32 kind, u64 now)
         return TC_ACT_OK;
     }
     seen.update(key, &now);
-#if MODE == 2
+#if MODE == 0 || MODE == 2
     if (kind == KIND_SYN) {
         struct flow_key conn = *key;
         conn.seq = 0;
@@ -192,6 +203,26 @@ int classify(struct __sk_buff *skb)
         if (PORT && key.sport != PORT)
             return TC_ACT_OK;
         return handshake(&key, KIND_SYNACK, now);
+    }
+    if (!tcp.syn && !tcp.rst && (!PORT || key.dport == PORT)) {
+        u32 payload = ntohs(ip.tot_len) - ihl - tcp.doff * 4;
+        if (payload == 0 || payload > 0xffff)
+            return TC_ACT_OK;
+        if (bump(&key, now))  /* a later copy of a first data segment seen twice */
+            return TC_ACT_OK;
+        struct flow_key conn = key;
+        conn.seq = 0;
+        u32 *isn = isn_of.lookup(&conn);
+        if (!isn || key.seq != *isn + 1)
+            return TC_ACT_OK;
+        u64 *first = seen.lookup(&key);
+        if (first) {  /* the first data segment again: retransmitted */
+            record(&key, *first, now, 2, KIND_DATA);
+            isn_of.delete(&conn);
+        } else {
+            seen.update(&key, &now);
+        }
+        return TC_ACT_OK;
     }
 #endif
 #if MODE == 2
