@@ -39,6 +39,7 @@ import pandas as pd
 from analysis.applog_order import match_by_order
 from analysis.applog_read import _NO_TIME, AppLog, _iso_to_ns, read_app_log  # noqa: F401
 from common.errors import SpikeTraceError
+from common.vocab import CONN_PARTIAL
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -153,8 +154,18 @@ def match(app: AppLog, k: pd.DataFrame, meta, span: Tuple[int, int], window_ns: 
         win = np.maximum(window_ns // 4, 2 * MS) + res // 2  # aligned: a tighter window
         notes.append(f"the log's clock is {offset / 1e6:+.1f} ms off the kernel's (estimated from "
                      "its slow entries; shifted)")
-    if len(by_time) and (~used).any():
-        _match_by_time(by_time, centre, dur, other, k_sport, k_open, k_life, used, win, conn, how, dist)
+    barred = _not_a_request(k, meta)
+    if len(by_time) and (~used & ~barred).any():
+        k_pid = k["pid"].to_numpy().astype(np.int64) if "pid" in k else np.zeros(len(k), np.int64)
+        taken = used | barred
+        _match_by_time(by_time, centre, dur, other, k_sport, k_open, k_life, taken.copy(), win, conn, how,
+                       dist, res=res)
+        owner = _file_process(e["worker"].to_numpy(), by_time, conn, k_pid)
+        if owner.any():  # again, each file's entries among its own process's connections only
+            conn[by_time], how[by_time], dist[by_time] = -1, "none", -1
+            _match_by_time(by_time, centre, dur, other, k_sport, k_open, k_life, taken.copy(), win, conn,
+                           how, dist, res=res, entry_pid=owner, k_pid=k_pid)
+        used[conn[by_time][conn[by_time] >= 0]] = True
     # 3. by order (no time, no port)
     t_start = np.where(start >= 0, centre - res // 2, start)
     coarse = (res > 0) & (conn >= 0)  # the connection's open says when it really started
@@ -255,10 +266,48 @@ def _clock_offset(idx, start, dur, win, k_open, k_life, kernel_slow_ns):
     return offset if abs(offset) >= MS else None
 
 
-def _match_by_time(idx, start, dur, other, k_sport, k_open, k_life, used, window_ns, conn, how, dist) -> None:
+def _not_a_request(k: pd.DataFrame, meta) -> np.ndarray:
+    """Kernel connections no log entry (a request the client saw answered) can be: those whose
+    handshake never completed (a connect given up or refused; seen whole, not first seen late),
+    and, where the tracer recorded the client's reads (the conn_life probe), those whose client
+    never read a reply (spare connections of a load generator, left unused at its exit)."""
+    est = k["t_established"].to_numpy() if "t_established" in k else np.ones(len(k), np.int64)
+    flags = k["flags"].to_numpy().astype(np.int64) if "flags" in k else np.zeros(len(k), np.int64)
+    seen_whole = (flags & CONN_PARTIAL) == 0
+    barred = (est == 0) & seen_whole
+    life_probe = str((getattr(meta, "probes", None) or {}).get("conn_life", "")) not in ("", "skipped", "missing")
+    if life_probe and "cli_first_read" in k and "seen" in k:
+        client = (k["seen"].astype(str).to_numpy() != "server")
+        barred |= client & (k["cli_first_read"].to_numpy() == 0) & seen_whole
+    return barred
+
+
+def _file_process(workers: np.ndarray, idx: np.ndarray, conn: np.ndarray, k_pid: np.ndarray) -> np.ndarray:
+    """Per entry, the client process its log file belongs to (0: not known). A log file is one
+    client's (ab, pgbench, a script): when nearly all of a file's entries matched by time belong
+    to one process's connections (>= 90%, at least 3), that process is the file's, and an entry
+    that met another process's connection met a look-alike."""
+    owner = np.zeros(len(workers), np.int64)
+    m = idx[conn[idx] >= 0]
+    pids = k_pid[conn[m]]
+    known = pids > 0
+    if not known.any():
+        return owner
+    counts = pd.DataFrame({"w": workers[m][known], "pid": pids[known]}).value_counts()
+    total = counts.groupby(level="w").sum()
+    for (w, pid), c in counts.items():
+        if c >= 3 and c >= 0.9 * total[w]:
+            owner[workers == w] = pid
+    return owner
+
+
+def _match_by_time(idx, start, dur, other, k_sport, k_open, k_life, used, window_ns, conn, how, dist,
+                   res=None, entry_pid=None, k_pid=None) -> None:
     """Connections opened within the window of the entry's start and living about as long as
     the entry took; one connection per entry, the best pairs first. `window_ns`: per entry (an
-    array) or one for all."""
+    array) or one for all. `res`: each start's resolution (a start known to the second is
+    centred in it; within that, the opening time tells nothing and the lifetime decides). With
+    `entry_pid`, an entry whose process is known (> 0) takes only that process's connections."""
     window_ns = np.broadcast_to(np.asarray(window_ns, dtype=np.int64), start.shape)
     free = np.flatnonzero(~used)
     order = free[np.argsort(k_open[free], kind="stable")]
@@ -275,23 +324,56 @@ def _match_by_time(idx, start, dur, other, k_sport, k_open, k_life, used, window
     life = k_life[ki]
     plausible = (life < 0) | (np.abs(life - dur[i]) <= np.minimum(window_ns[i], 100 * MS) + dur[i] // 4)
     plausible &= (other[i] == 0) | (k_sport[ki] == other[i])
+    if entry_pid is not None:
+        plausible &= (entry_pid[i] == 0) | (k_pid[ki] == entry_pid[i])
     i, ki = i[plausible], ki[plausible]
     if len(i) == 0:
         return
     d_open = np.abs(k_open[ki] - start[i])
-    score = d_open + np.where(life[plausible] >= 0, np.abs(life[plausible] - dur[i]), 0)
+    vague = 0 if res is None else np.asarray(res, dtype=np.int64)[i] // 2
+    score = np.maximum(d_open - vague, 0) + np.where(life[plausible] >= 0, np.abs(life[plausible] - dur[i]), 0)
     n_cand = pd.Series(i).value_counts()
-    taken_e, taken_k = set(), set()
-    for p in np.argsort(score, kind="stable").tolist():
+    for p in _assign(i, ki, score):
         a, b = int(i[p]), int(ki[p])
-        if a in taken_e or b in taken_k:
-            continue
-        taken_e.add(a)
-        taken_k.add(b)
         conn[a] = b
         how[a] = "unique" if n_cand[a] == 1 else "ambiguous"
         dist[a] = int(d_open[p])
-    used[list(taken_k)] = True
+        used[b] = True
+
+
+def _assign(i: np.ndarray, ki: np.ndarray, score: np.ndarray) -> List[int]:
+    """The candidate pairs (entry i, connection ki) to keep: one connection per entry and one
+    entry per connection, as many entries matched as can be, then the least total score. Solved
+    exactly (scipy's linear_sum_assignment) within each group of entries that compete for the
+    same connections; a greedy best-first pick would leave an entry without its connection when
+    a look-alike took it first."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    ue, ie = np.unique(i, return_inverse=True)
+    uk, ik = np.unique(ki, return_inverse=True)
+    graph = coo_matrix((np.ones(len(i)), (ie, len(ue) + ik)), shape=(len(ue) + len(uk),) * 2)
+    _, label = connected_components(graph, directed=False)
+    keep = []
+    pairs = pd.DataFrame({"p": np.arange(len(i)), "e": ie, "k": ik, "g": label[ie]})
+    for _, grp in pairs.groupby("g", sort=False):
+        if len(grp) == 1:
+            keep.append(int(grp["p"].iat[0]))
+            continue
+        rows, r = np.unique(grp["e"].to_numpy(), return_inverse=True)
+        cols, c = np.unique(grp["k"].to_numpy(), return_inverse=True)
+        cost = score[grp["p"].to_numpy()].astype(float)
+        missing = cost.sum() + 1.0  # worse than any set of real pairs: matched count first
+        matrix = np.full((len(rows), len(cols)), missing)
+        best = np.full((len(rows), len(cols)), -1, dtype=np.int64)
+        for rr, cc, cs, pp in zip(r, c, cost, grp["p"].to_numpy()):
+            if best[rr, cc] < 0 or cs < matrix[rr, cc]:
+                matrix[rr, cc], best[rr, cc] = cs, pp
+        for rr, cc in zip(*linear_sum_assignment(matrix)):
+            if best[rr, cc] >= 0:
+                keep.append(int(best[rr, cc]))
+    return keep
 
 
 def _estimate_starts(idx, dur, conn, k_open, span, meta) -> np.ndarray:

@@ -299,7 +299,11 @@ def detect_client_blocked(ctx: Context) -> None:
     k_b = np.where(first > k_a, first, np.where(est > k_a, est, k["t_close"].to_numpy()))
     t_start, end = ctx.col("t_start")[ti], ctx.col("end")[ti]
     i, j = pid_overlaps(ctx.col("tid")[ti].astype(np.int64), t_start, end, k_tid, k_a, k_b)
-    keep = j != own[i]
+    # a thread with two of its connections in their handshakes at once connects without
+    # blocking (a blocking connect() returns at ESTABLISHED; an event loop: ab, wrk): another
+    # connection's setup does not hold it
+    hs_end = np.where(est > k_a, est, k["t_close"].to_numpy())
+    keep = (j != own[i]) & ~np.isin(k_tid[j], _overlapping(k_tid, k_a, hs_end))
     i, j = i[keep], j[keep]
     if len(i) == 0:
         return
@@ -309,8 +313,8 @@ def detect_client_blocked(ctx: Context) -> None:
     i, j, a, b = i[ok], j[ok], a[ok], b[ok]
     if len(i) == 0:
         return
-    per = pd.DataFrame({"i": i, "ns": b - a, "syn": k["syn_retrans"].to_numpy()[j] > 0}).groupby("i")
-    total, count, syn = per["ns"].sum(), per.size(), per["syn"].any()
+    per = pd.DataFrame({"i": i, "a": a, "b": b, "syn": k["syn_retrans"].to_numpy()[j] > 0}).groupby("i")
+    total, count, syn = per.apply(_union_ns), per.size(), per["syn"].any()
     tids = ctx.col("tid")[ti]
     sentences, shorts = [], []
     for ii in i.tolist():
@@ -320,6 +324,31 @@ def detect_client_blocked(ctx: Context) -> None:
                          f"request waited for it{why}.")
         shorts.append(f"the client's thread was busy with other connections for {fmt_ns(total[ii])}")
     ctx.cands.add(ti[i], "client_blocked", "other_connections", a, b, sentences, shorts)
+
+
+def _overlapping(tid: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Threads (tid > 0) one of whose intervals [a, b) began before an earlier one of the same
+    thread had ended."""
+    order = np.lexsort((a, tid))
+    t, aa, bb = tid[order], a[order], b[order]
+    if len(t) < 2:
+        return np.zeros(0, np.int64)
+    running_end = pd.Series(bb).groupby(t).cummax().to_numpy()
+    same = (t[1:] == t[:-1]) & (t[1:] > 0)
+    return np.unique(t[1:][same & (aa[1:] < running_end[:-1])])
+
+
+def _union_ns(g: pd.DataFrame) -> int:
+    """Total length of the union of a group's [a, b) intervals."""
+    total, end = 0, None
+    for a, b in sorted(zip(g["a"].tolist(), g["b"].tolist())):
+        if end is None or a > end:
+            total += b - a
+            end = b
+        elif b > end:
+            total += b - end
+            end = b
+    return int(total)
 
 
 def detect_delayed_ack(ctx: Context) -> None:
