@@ -78,15 +78,18 @@ class ListenerProbe:
                 off += (length + 3) & ~3
 
     def sample(self) -> Dict[int, Tuple[int, int]]:
-        """port -> (queue, backlog) for every requested port that has a listener."""
+        """port -> (queue, backlog) for every requested port that has a listener. A port with
+        several listeners (IPv4 and IPv6, SO_REUSEPORT groups: each its own accept queue) gives
+        its fullest, the one that overflows first."""
         out: Dict[int, Tuple[int, int]] = {}
         for port in self.ports:
             for family in (socket.AF_INET, socket.AF_INET6):
                 for sport, rq, wq in self._dump(family, port):
                     if sport != port:  # a kernel that ignores the port filter
                         continue
-                    q, b = out.get(port, (0, 0))
-                    out[port] = (q + rq, b + wq)
+                    q, b = out.get(port, (-1, 0))
+                    if rq * max(b, 1) > q * max(wq, 1) or (rq == q and wq < b) or q < 0:
+                        out[port] = (rq, wq)
         return out
 
     def close(self) -> None:
