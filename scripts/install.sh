@@ -56,7 +56,9 @@ install_apt() {
     local pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool iproute2 gcc libc6-dev)
     if [ "$with_test" -eq 1 ]; then
         pkgs+=(chromium shellcheck vagrant vagrant-libvirt)  # vagrant-libvirt: validate the libvirt config
-        pkgs+=(postgresql)  # tests/realapps: a real server traced, driven by its own client (pgbench)
+        # tests/realapps: real servers traced, driven by their own clients: PostgreSQL (pgbench),
+        # nginx (with the echo module's echo_sleep for a stalling handler) and Apache httpd (ab)
+        pkgs+=(postgresql nginx libnginx-mod-http-echo apache2 apache2-utils)
         # scripts/kernel-matrix.sh: qemu boots Debian's kernels with virtme-ng (from PyPI, below),
         # which needs kmod (depmod), udev (else the guest's exit code is lost) and busybox; the
         # keyring checks the Debian archives the kernels come from; file tells an image's version;
@@ -65,8 +67,17 @@ install_apt() {
         kernel_matrix=1
     fi
     say "apt: installing ${pkgs[*]}"
-    run apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null \
-        || die "apt-get install failed for: ${pkgs[*]}"
+    # the test servers (PostgreSQL, nginx, Apache) are only run by the tests, in their own
+    # network namespaces: keep their packages from starting system services (policy-rc.d 101)
+    local policy=""
+    if [ "$with_test" -eq 1 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+    fi
+    local rc=0
+    run apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || rc=$?
+    [ -z "$policy" ] || rm -f "$policy"
+    [ "$rc" -eq 0 ] || die "apt-get install failed for: ${pkgs[*]}"
     if [ -e "/lib/modules/$kernel/build/include" ]; then
         say "kernel headers for $kernel: already present"
     elif apt-cache show "linux-headers-$kernel" >/dev/null 2>&1 \

@@ -156,3 +156,16 @@ def score(program: str, run: Path, slow: pd.DataFrame, expect: Optional[Dict[str
     unexplained = int(causes.get("unexplained", 0))
     return Score(program, int(len(slow)), int(found.sum()), {str(k): int(v) for k, v in causes.items()},
                  expected, wrong, unexplained)
+
+
+def assert_no_post_close_retransmit(run: Path) -> None:
+    """No data_retransmit explanation cites a segment retransmitted after its sender closed (a
+    tail loss probe in FIN_WAIT1 that the peer drops as TCP_OLD_DATA is close-time noise)."""
+    from common.rundir import RunDir
+    from common.vocab import CLOSING_STATES
+
+    expl = pd.read_parquet(run / "explanations.parquet")
+    events = RunDir.open(run).table("events")
+    for rows in expl.loc[expl["cause"] == "data_retransmit", "evidence_events"]:
+        cited = events.iloc[list(rows)]
+        assert not cited[cited["kind"] == "retransmit"]["state"].isin(CLOSING_STATES).any(), cited

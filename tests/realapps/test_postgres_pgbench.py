@@ -24,9 +24,7 @@ import pandas as pd
 import pytest
 
 from common.netns import Namespace
-from common.rundir import RunDir
-from common.vocab import CLOSING_STATES
-from tests.realapps.harness import Proc, Trace, have, pg_bin, report, score
+from tests.realapps.harness import Proc, Trace, assert_no_post_close_retransmit, have, pg_bin, report, score
 
 pytestmark = [pytest.mark.bpf, pytest.mark.slow, pytest.mark.realapp]
 
@@ -94,13 +92,7 @@ def test_pgbench_slow_transactions_are_found_and_explained(tmp_path, pgdata, hos
     # (>= 95% is the goal; 79-100% measured here, the low end on a loaded machine where entries of
     # concurrent clients are matched by time among several look-alike connections)
     assert stall_causes.get("server_processing", 0) >= 0.75 * len(stalls), stall_causes.to_dict()
-    # no data retransmit explained by a segment sent after its owner closed
-    run = RunDir.open(tmp_path / "run")
-    events = run.table("events")
-    retrans = expl[expl["cause"] == "data_retransmit"]
-    for rows in retrans["evidence_events"]:
-        cited = events.iloc[list(rows)]
-        assert not cited[cited["kind"] == "retransmit"]["state"].isin(CLOSING_STATES).any()
+    assert_no_post_close_retransmit(tmp_path / "run")
 
 
 def _wait_ready(ns: str, host: str, timeout: float = 60.0) -> None:
