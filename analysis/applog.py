@@ -156,15 +156,14 @@ def match(app: AppLog, k: pd.DataFrame, meta, span: Tuple[int, int], window_ns: 
                      "its slow entries; shifted)")
     barred = _not_a_request(k, meta)
     if len(by_time) and (~used & ~barred).any():
-        k_pid = k["pid"].to_numpy().astype(np.int64) if "pid" in k else np.zeros(len(k), np.int64)
         taken = used | barred
         _match_by_time(by_time, centre, dur, other, k_sport, k_open, k_life, taken.copy(), win, conn, how,
                        dist, res=res)
-        owner = _file_process(e["worker"].to_numpy(), by_time, conn, k_pid)
-        if owner.any():  # again, each file's entries among its own process's connections only
+        owner = _file_owner(e["worker"].to_numpy(), by_time, conn, k)
+        if owner.any():  # again, each file's entries among its own thread's or process's connections
             conn[by_time], how[by_time], dist[by_time] = -1, "none", -1
             _match_by_time(by_time, centre, dur, other, k_sport, k_open, k_life, taken.copy(), win, conn,
-                           how, dist, res=res, entry_pid=owner, k_pid=k_pid)
+                           how, dist, res=res, owner=owner, k_ids=_ids(k))
         used[conn[by_time][conn[by_time] >= 0]] = True
     # 3. by order (no time, no port)
     t_start = np.where(start >= 0, centre - res // 2, start)
@@ -282,63 +281,83 @@ def _not_a_request(k: pd.DataFrame, meta) -> np.ndarray:
     return barred
 
 
-def _file_process(workers: np.ndarray, idx: np.ndarray, conn: np.ndarray, k_pid: np.ndarray) -> np.ndarray:
-    """Per entry, the client process its log file belongs to (0: not known). A log file is one
-    client's (ab, pgbench, a script): when nearly all of a file's entries matched by time belong
-    to one process's connections (>= 90%, at least 3), that process is the file's, and an entry
-    that met another process's connection met a look-alike."""
-    owner = np.zeros(len(workers), np.int64)
+def _ids(k: pd.DataFrame) -> np.ndarray:
+    """(connections, 2): each kernel connection's client thread id and process id (0: unknown)."""
+    cols = [k[c].to_numpy().astype(np.int64) if c in k else np.zeros(len(k), np.int64) for c in ("tid", "pid")]
+    return np.column_stack(cols) if len(k) else np.zeros((0, 2), np.int64)
+
+
+def _file_owner(workers: np.ndarray, idx: np.ndarray, conn: np.ndarray, k: pd.DataFrame) -> np.ndarray:
+    """(entries, 2): per entry, the client thread (column 0) or process (column 1) its log file
+    belongs to, 0 where not known. A log file is one client's (ab: a process; pgbench -l with
+    -j: one file per thread): when most of a file's entries matched by time (a first pass, among
+    look-alikes) met one thread's connections (>= 60%, at least 3, three times the next thread's),
+    that thread is the file's, else the same for processes; an entry that met another's
+    connection met a look-alike."""
+    ids = _ids(k)
+    owner = np.zeros((len(workers), 2), np.int64)
     m = idx[conn[idx] >= 0]
-    pids = k_pid[conn[m]]
-    known = pids > 0
-    if not known.any():
-        return owner
-    counts = pd.DataFrame({"w": workers[m][known], "pid": pids[known]}).value_counts()
-    total = counts.groupby(level="w").sum()
-    for (w, pid), c in counts.items():
-        if c >= 3 and c >= 0.9 * total[w]:
-            owner[workers == w] = pid
+    for w in np.unique(workers[m]).tolist():
+        mine = conn[m[workers[m] == w]]
+        for col in (0, 1):
+            known = ids[mine, col][ids[mine, col] > 0]
+            if len(known) < 3:
+                continue
+            values, counts = np.unique(known, return_counts=True)
+            order = np.argsort(counts)[::-1]
+            top = int(order[0])
+            runner_up = int(counts[order[1]]) if len(order) > 1 else 0
+            if counts[top] >= 0.6 * len(known) and counts[top] >= 3 * runner_up:
+                owner[workers == w, col] = values[top]
+                break
     return owner
 
 
 def _match_by_time(idx, start, dur, other, k_sport, k_open, k_life, used, window_ns, conn, how, dist,
-                   res=None, entry_pid=None, k_pid=None) -> None:
-    """Connections opened within the window of the entry's start and living about as long as
-    the entry took; one connection per entry, the best pairs first. `window_ns`: per entry (an
-    array) or one for all. `res`: each start's resolution (a start known to the second is
-    centred in it; within that, the opening time tells nothing and the lifetime decides). With
-    `entry_pid`, an entry whose process is known (> 0) takes only that process's connections."""
+                   res=None, owner=None, k_ids=None) -> None:
+    """Each entry's connection, by time: one opened within the window of the entry's start and
+    living about as long as the entry took; one connection per entry (`_assign`). `window_ns`:
+    per entry (an array) or one for all. `res`: each start's resolution (a start known to the
+    second is centred in it; within that, the opening time tells nothing and the lifetime
+    decides). With `owner` (`_file_owner`), an entry whose thread or process is known takes only
+    that one's connections (`k_ids`: `_ids`)."""
     window_ns = np.broadcast_to(np.asarray(window_ns, dtype=np.int64), start.shape)
-    free = np.flatnonzero(~used)
-    order = free[np.argsort(k_open[free], kind="stable")]
-    t_sorted = k_open[order]
-    lo = np.searchsorted(t_sorted, start[idx] - window_ns[idx], side="left")
-    hi = np.searchsorted(t_sorted, start[idx] + window_ns[idx], side="right")
-    counts = hi - lo
-    if counts.sum() == 0:
-        return
-    owner = np.repeat(np.arange(len(idx)), counts)
-    starts = np.cumsum(counts) - counts
-    j = np.repeat(lo, counts) + (np.arange(int(counts.sum())) - np.repeat(starts, counts))
-    i, ki = idx[owner], order[j]
+    vague = np.zeros(len(start), np.int64) if res is None else np.asarray(res, dtype=np.int64) // 2
+    i, ki = _near(idx, start, window_ns, np.flatnonzero(~used), k_open)
     life = k_life[ki]
-    plausible = (life < 0) | (np.abs(life - dur[i]) <= np.minimum(window_ns[i], 100 * MS) + dur[i] // 4)
-    plausible &= (other[i] == 0) | (k_sport[ki] == other[i])
-    if entry_pid is not None:
-        plausible &= (entry_pid[i] == 0) | (k_pid[ki] == entry_pid[i])
-    i, ki = i[plausible], ki[plausible]
+    ok = (life < 0) | (np.abs(life - dur[i]) <= np.minimum(window_ns[i], 100 * MS) + dur[i] // 4)
+    score = np.maximum(np.abs(k_open[ki] - start[i]) - vague[i], 0) + np.where(life >= 0, np.abs(life - dur[i]), 0)
+    i, ki, score = i[ok], ki[ok], score[ok]
+    plausible = (other[i] == 0) | (k_sport[ki] == other[i])
+    if owner is not None:
+        o = owner[i]
+        plausible &= (o[:, 0] == 0) | (k_ids[ki, 0] == o[:, 0])
+        plausible &= (o[:, 1] == 0) | (k_ids[ki, 1] == o[:, 1])
+    i, ki, score = i[plausible], ki[plausible], score[plausible]
     if len(i) == 0:
         return
-    d_open = np.abs(k_open[ki] - start[i])
-    vague = 0 if res is None else np.asarray(res, dtype=np.int64)[i] // 2
-    score = np.maximum(d_open - vague, 0) + np.where(life[plausible] >= 0, np.abs(life[plausible] - dur[i]), 0)
     n_cand = pd.Series(i).value_counts()
     for p in _assign(i, ki, score):
         a, b = int(i[p]), int(ki[p])
         conn[a] = b
         how[a] = "unique" if n_cand[a] == 1 else "ambiguous"
-        dist[a] = int(d_open[p])
+        dist[a] = int(abs(k_open[b] - start[a]))
         used[b] = True
+
+
+def _near(idx: np.ndarray, t: np.ndarray, window_ns: np.ndarray, pool: np.ndarray,
+          k_t: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(entry, connection) pairs: the connections of `pool` whose `k_t` lies within each entry's
+    window of its `t`."""
+    order = pool[np.argsort(k_t[pool], kind="stable")]
+    t_sorted = k_t[order]
+    lo = np.searchsorted(t_sorted, t[idx] - window_ns[idx], side="left")
+    hi = np.searchsorted(t_sorted, t[idx] + window_ns[idx], side="right")
+    counts = hi - lo
+    entry = np.repeat(np.arange(len(idx)), counts)
+    starts = np.cumsum(counts) - counts
+    j = np.repeat(lo, counts) + (np.arange(int(counts.sum())) - np.repeat(starts, counts))
+    return idx[entry], order[j]
 
 
 def _assign(i: np.ndarray, ki: np.ndarray, score: np.ndarray) -> List[int]:
