@@ -78,8 +78,9 @@ def test_pgbench_slow_transactions_are_found_and_explained(tmp_path, pgdata, hos
 
     slow = _client_slow(logs)
     assert len(slow) > 0, "no transaction took over 100 ms: the load did not stress the server"
-    result = score(f"postgres+pgbench {host}", tmp_path / "run", slow)
     stalls = slow[slow["script"] == 1]
+    slow.loc[stalls.index, "expected"] = "server_processing"
+    result = score(f"postgres+pgbench {host}", tmp_path / "run", slow)
     expl = pd.read_parquet(tmp_path / "run" / "explanations.parquet").set_index("source")
     stall_causes = expl.loc[stalls["source"][stalls["source"].isin(expl.index)], "cause"].value_counts()
     (tmp_path / "run" / "score.json").write_text(json.dumps(
@@ -88,10 +89,10 @@ def test_pgbench_slow_transactions_are_found_and_explained(tmp_path, pgdata, hos
 
     assert result.found == result.client_slow, result.line()
     # the injected application stall is named as the server's own time (server_processing,
-    # from the conn_life probe: the server's read of the query to its reply)
-    # (>= 95% is the goal; 79-100% measured here, the low end on a loaded machine where entries of
-    # concurrent clients are matched by time among several look-alike connections)
-    assert stall_causes.get("server_processing", 0) >= 0.75 * len(stalls), stall_causes.to_dict()
+    # from the conn_life probe: the server's read of the query to its reply). The goal is 95%;
+    # measured 95.8-100% (24-44 stalls a run); 90% here: pgbench's 16 concurrent clients make
+    # look-alike connections, and one or two matched to a look-alike on a loaded machine is noise
+    assert result.expected.get("server_processing", 0) >= 0.9 * len(stalls), result.line()
     assert_no_post_close_retransmit(tmp_path / "run")
 
 
