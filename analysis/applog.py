@@ -148,12 +148,14 @@ def match(app: AppLog, k: pd.DataFrame, meta, span: Tuple[int, int], window_ns: 
     by_time = np.flatnonzero((conn < 0) & (start >= 0) & (cport == 0))
     centre = np.where(start >= 0, start + res // 2, start)
     win = window_ns + res // 2
-    offset = _clock_offset(by_time, centre, dur, win, k_open, k_life, kernel_slow_ns)
-    if offset is not None:
+    forced = getattr(app, "clock_offset_ns", None)
+    offset = forced if forced is not None else _clock_offset(by_time, centre, dur, win, k_open, k_life,
+                                                             kernel_slow_ns)
+    if offset:
         centre = np.where(start >= 0, centre + offset, centre)
         win = np.maximum(window_ns // 4, 2 * MS) + res // 2  # aligned: a tighter window
-        notes.append(f"the log's clock is {offset / 1e6:+.1f} ms off the kernel's (estimated from "
-                     "its slow entries; shifted)")
+        how_known = "as given (--clock-offset)" if forced is not None else "estimated from its slow entries"
+        notes.append(f"the log's clock is {-offset / 1e6:+.1f} ms off the kernel's ({how_known}; shifted)")
     barred = _not_a_request(k, meta)
     if len(by_time) and (~used & ~barred).any():
         taken = used | barred
@@ -448,6 +450,8 @@ def _transactions(e: pd.DataFrame, t_start: np.ndarray, dur: np.ndarray, conn: n
         "srv_hold_ns": pick("srv_hold_ns", 0).astype(np.int64),
         "srv_hold_end": pick("srv_hold_end", 0).astype(np.int64),
         "srv_hold_tid": pick("srv_hold_tid", 0).astype(np.int64),
+        "srv_hold_ran": pick("srv_hold_ran", -1).astype(np.int64),
+        "srv_hold_wait": pick("srv_hold_wait", -1).astype(np.int64),
         "tid": pick("tid", 0).astype(np.int64),
         "srv_tid": np.where(pick("srv_hold_tid", 0).astype(np.int64) > 0, pick("srv_hold_tid", 0),
                             pick("srv_tid", 0)).astype(np.int64),

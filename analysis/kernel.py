@@ -35,6 +35,13 @@ def _int(df: pd.DataFrame, col: str) -> np.ndarray:
     return pd.to_numeric(df[col], errors="coerce").fillna(0).to_numpy(dtype=np.int64)
 
 
+def _known(df: pd.DataFrame, col: str) -> np.ndarray:
+    """An int column where -1 means unknown (and a table without the column knows nothing)."""
+    if col not in df:
+        return np.full(len(df), -1, dtype=np.int64)
+    return pd.to_numeric(df[col], errors="coerce").fillna(-1).to_numpy(dtype=np.int64)
+
+
 def _addr(values) -> np.ndarray:
     """Address strings, IPv4-mapped IPv6 (`::ffff:1.2.3.4`) as plain IPv4."""
     vals = pd.Series(values).astype(object).where(pd.Series(values).notna(), "").astype(str).tolist()
@@ -61,7 +68,8 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
     `both`), syn_retrans, retrans, resets, flags, netns."""
     cols = ["caddr", "cport", "saddr", "sport", "t_open", "t_established", "t_first_data", "t_close",
             "pid", "comm", "server_pid", "seen", "syn_retrans", "retrans", "resets", "flags", "netns",
-            "srv_hold_ns", "srv_hold_end", "srv_hold_tid", "tid", "srv_tid", "cli_first_read"]
+            "srv_hold_ns", "srv_hold_end", "srv_hold_tid", "srv_hold_ran", "srv_hold_wait", "tid", "srv_tid",
+            "cli_first_read", "cli_first_write", "srv_first_read"]
     if conns is None or conns.empty:
         return pd.DataFrame({c: pd.Series(dtype=object if c in ("caddr", "saddr", "comm", "seen") else np.int64)
                              for c in cols})
@@ -75,9 +83,10 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
         "comm": cl["comm"].astype(str).to_numpy() if "comm" in cl else "", "server_pid": 0,
         "seen": "client", "syn_retrans": _int(cl, "syn_retrans"), "retrans": _int(cl, "retrans"),
         "resets": _int(cl, "resets"), "flags": _int(cl, "flags"), "netns": _int(cl, "netns"),
-        "srv_hold_ns": 0, "srv_hold_end": 0, "srv_hold_tid": 0,
+        "srv_hold_ns": 0, "srv_hold_end": 0, "srv_hold_tid": 0, "srv_hold_ran": -1, "srv_hold_wait": -1,
         "tid": _int(cl, "tid"), "srv_tid": 0,  # the connecting thread
-        "cli_first_read": _int(cl, "t_first_read")})  # the client's first read of a reply
+        "cli_first_read": _int(cl, "t_first_read"),  # the client's first read of a reply
+        "cli_first_write": _int(cl, "t_first_write"), "srv_first_read": 0})
     server = pd.DataFrame({  # seen from the server: its peer is the client
         "caddr": _addr(sv["daddr"]), "cport": _int(sv, "dport"), "saddr": _addr(sv["saddr"]),
         "sport": _int(sv, "sport"), "t_open": _int(sv, "t_open"), "t_established": _int(sv, "t_established"),
@@ -87,7 +96,9 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
         "resets": _int(sv, "resets"), "flags": _int(sv, "flags"), "netns": _int(sv, "netns"),
         # the server's longest hold of the conversation: a read of a request to its reply
         "srv_hold_ns": _int(sv, "hold_ns"), "srv_hold_end": _int(sv, "hold_end"),
-        "srv_hold_tid": _int(sv, "hold_tid"), "tid": 0, "srv_tid": _int(sv, "tid"), "cli_first_read": 0})
+        "srv_hold_tid": _int(sv, "hold_tid"), "srv_hold_ran": _known(sv, "hold_ran_ns"),
+        "srv_hold_wait": _known(sv, "hold_wait_ns"), "tid": 0, "srv_tid": _int(sv, "tid"), "cli_first_read": 0,
+        "cli_first_write": 0, "srv_first_read": _int(sv, "t_first_read")})
     if len(client) and len(server):
         keys = _tuple_key(np.r_[client["caddr"].to_numpy(), server["caddr"].to_numpy()],
                           np.r_[client["cport"].to_numpy(), server["cport"].to_numpy()],
@@ -111,7 +122,8 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
             s_est = server["t_established"].to_numpy()[both]
             fill = (c_est == 0) & (s_est > 0)
             client.loc[client.index[ci[fill]], "t_established"] = s_est[fill]
-            for col in ("srv_hold_ns", "srv_hold_end", "srv_hold_tid", "srv_tid"):
+            for col in ("srv_hold_ns", "srv_hold_end", "srv_hold_tid", "srv_hold_ran", "srv_hold_wait", "srv_tid",
+                        "srv_first_read"):
                 client.loc[client.index[ci], col] = server[col].to_numpy()[both]
             for col in ("retrans", "resets"):
                 client.loc[client.index[ci], col] = client[col].to_numpy()[ci] + server[col].to_numpy()[both]
@@ -155,7 +167,10 @@ def transactions_from_kernel(k: pd.DataFrame) -> pd.DataFrame:
         "last_errno": np.where(refused, facts.ECONNREFUSED, 0).astype(np.int32),
         "outcome": np.where(failed, "connect_failed", "ok").astype(object),
         "srv_hold_ns": k["srv_hold_ns"].to_numpy(), "srv_hold_end": k["srv_hold_end"].to_numpy(),
-        "srv_hold_tid": k["srv_hold_tid"].to_numpy(), "tid": k["tid"].to_numpy(),
+        "srv_hold_tid": k["srv_hold_tid"].to_numpy(), "srv_hold_ran": k["srv_hold_ran"].to_numpy(),
+        "srv_hold_wait": k["srv_hold_wait"].to_numpy(), "tid": k["tid"].to_numpy(),
+        "cli_first_write": k["cli_first_write"].to_numpy(), "srv_first_read": k["srv_first_read"].to_numpy(),
+        "seen": k["seen"].to_numpy(), "conn_flags": k["flags"].to_numpy(),
         "srv_tid": np.where(k["srv_hold_tid"].to_numpy() > 0, k["srv_hold_tid"].to_numpy(), k["srv_tid"].to_numpy())})
 
 

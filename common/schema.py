@@ -33,7 +33,7 @@ SCHEMAS: Dict[str, pa.Schema] = {
         ("saddr", _str), ("sport", _i32), ("daddr", _str), ("dport", _i32),
         ("t_open", _i64), ("t_established", _i64), ("t_first_data", _i64), ("t_close", _i64),
         ("t_first_read", _i64), ("t_first_write", _i64), ("hold_ns", _i64), ("hold_end", _i64),
-        ("hold_tid", _i32), ("tid", _i32),
+        ("hold_tid", _i32), ("hold_ran_ns", _i64), ("hold_wait_ns", _i64), ("tid", _i32),
         ("syn_retrans", _i32), ("retrans", _i32), ("resets", _i32), ("flags", _i32),
     ]),
     "histograms": pa.schema([

@@ -61,6 +61,12 @@ class Conn(ct.Structure):
         ("t_last_write", ct.c_uint64),
         ("hold_ns", ct.c_uint64),
         ("hold_end", ct.c_uint64),
+        ("hold_ran", ct.c_uint64),
+        ("hold_waited", ct.c_uint64),
+        ("read_ran", ct.c_uint64),
+        ("read_waited", ct.c_uint64),
+        ("read_tid", ct.c_uint32),
+        ("pad2", ct.c_uint32),
         ("hold_tid", ct.c_uint32),
         ("tid", ct.c_uint32),
         ("netns", ct.c_uint32),
@@ -182,12 +188,19 @@ def decode_conns(raw: bytes) -> Dict[str, list]:
         "hold_ns": a["hold_ns"].astype(np.int64).tolist(),
         "hold_end": a["hold_end"].astype(np.int64).tolist(),
         "hold_tid": a["hold_tid"].astype(np.int32).tolist(),
+        "hold_ran_ns": _known(a["hold_ran"]),
+        "hold_wait_ns": _known(a["hold_waited"]),
         "tid": a["tid"].astype(np.int32).tolist(),
         "syn_retrans": a["syn_retrans"].astype(np.int32).tolist(),
         "retrans": a["retrans"].astype(np.int32).tolist(),
         "resets": a["resets"].astype(np.int32).tolist(),
         "flags": a["flags"].astype(np.int32).tolist(),
     }
+
+
+def _known(v: np.ndarray) -> list:
+    """A u64 where all ones means unknown -> int64 with -1 for unknown."""
+    return np.where(v == np.iinfo(np.uint64).max, -1, v.astype(np.int64)).astype(np.int64).tolist()
 
 
 def rows(columns: Dict[str, list]) -> List[dict]:

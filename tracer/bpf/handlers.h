@@ -503,13 +503,29 @@ static __always_inline int handle_drop(void *ctx, const void *skb, const void *r
 	return 0;
 }
 
+/* The current thread's CPU time and runnable time so far, from the scheduler's accounting;
+ * all ones where the kernel has none. */
+static __always_inline void thread_times(u64 *ran, u64 *waited)
+{
+#if defined(OFF_TASK_SUM_EXEC) && defined(OFF_TASK_RUN_DELAY)
+	void *task = (void *)bpf_get_current_task();
+	bpf_probe_read_kernel(ran, 8, task + OFF_TASK_SUM_EXEC);
+	bpf_probe_read_kernel(waited, 8, task + OFF_TASK_RUN_DELAY);
+#else
+	*ran = ~0ULL;
+	*waited = ~0ULL;
+#endif
+}
+
 /* sock_recv_length / sock_send_length (6.3+): this side read or wrote `ret` bytes of data. The
  * first read and write, and the longest hold: from a read to the next write (a server's
- * processing of a request, with the thread that replied). Only tracked connections. */
+ * processing of a request, with the thread that replied and that thread's own time in it:
+ * running, runnable; the rest it was off the CPU). Only tracked connections. */
 static __always_inline int handle_io(const void *sk, int ret, int write)
 {
 	struct st_conn *c;
-	u64 now;
+	u64 now, ran, waited;
+	u32 tid;
 
 	if (ret <= 0)
 		return 0;
@@ -517,10 +533,13 @@ static __always_inline int handle_io(const void *sk, int ret, int write)
 	if (!c)
 		return 0;
 	now = bpf_ktime_get_ns();
+	tid = (u32)bpf_get_current_pid_tgid();
 	if (!write) {
 		if (!c->t_first_read)
 			c->t_first_read = now;
 		c->t_last_read = now;
+		thread_times(&c->read_ran, &c->read_waited);
+		c->read_tid = tid;
 		return 0;
 	}
 	if (!c->t_first_write)
@@ -528,7 +547,15 @@ static __always_inline int handle_io(const void *sk, int ret, int write)
 	if (c->t_last_read > c->t_last_write && now - c->t_last_read > c->hold_ns) {
 		c->hold_ns = now - c->t_last_read;
 		c->hold_end = now;
-		c->hold_tid = (u32)bpf_get_current_pid_tgid();
+		c->hold_tid = tid;
+		thread_times(&ran, &waited);
+		if (tid == c->read_tid && ran != ~0ULL && c->read_ran != ~0ULL) {
+			c->hold_ran = ran - c->read_ran;
+			c->hold_waited = waited - c->read_waited;
+		} else {
+			c->hold_ran = ~0ULL;
+			c->hold_waited = ~0ULL;
+		}
 	}
 	c->t_last_write = now;
 	return 0;

@@ -88,6 +88,15 @@ struct st_conn {
 	__u64 t_last_write;
 	__u64 hold_ns;
 	__u64 hold_end;      /* when the write that ended the longest hold went out */
+	/* the holding thread's own time in the longest hold (the scheduler's accounting: CPU time
+	 * se.sum_exec_runtime, up to a tick stale; runnable time sched_info.run_delay); both ~0
+	 * when another thread wrote than read, or the kernel has no such accounting */
+	__u64 hold_ran;
+	__u64 hold_waited;
+	__u64 read_ran;      /* the reading thread's accounting at the last read */
+	__u64 read_waited;
+	__u32 read_tid;      /* the thread of the last read */
+	__u32 pad2;
 	__u32 hold_tid;      /* the thread that wrote it */
 	__u32 tid;           /* the thread that connected (client) or took it up (server), 0 if unseen */
 	__u32 netns;
