@@ -43,6 +43,7 @@ class AppLog:
     formats: List[str]  # per file: plain, csv, tsv, columns, jsonl
     warnings: List[str] = dataclasses.field(default_factory=list)
     clock: str = "auto"  # auto | wall | monotonic
+    clock_offset_ns: Optional[int] = None  # added to the log's times (--clock-offset); None: estimated
 
     def __len__(self) -> int:
         return len(self.entries)

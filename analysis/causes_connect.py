@@ -7,7 +7,7 @@ import pandas as pd
 
 from analysis import facts
 from analysis.context import Context, group_first
-from common.vocab import fmt_ns, fmt_rel
+from common.vocab import CONN_PARTIAL, CONN_REFUSED, CONN_RESET, fmt_ns, fmt_rel
 from analysis.join import pid_overlaps
 
 
@@ -294,3 +294,61 @@ def _detect_reset_midway(ctx: Context) -> None:
     shorts = [f"a reset at {fmt_rel(bb - s)}" for bb, s in zip(b, t_start)]
     ctx.cands.add(ti, "reset", "reset", a, b, sentences, shorts)
     ctx.cands.cite(rst["ti"].to_numpy(), "reset", rst["ev_row"].to_numpy())
+
+
+# ---- connections that carried no request ---------------------------------------------------
+def idle_connections(txn: pd.DataFrame, meta) -> np.ndarray:
+    """Per transaction: "" or why it carried no request (only transactions that are kernel
+    connections: a trace run without an application log).
+
+    `abandoned`: the client closed its socket in SYN_SENT, the handshake never answered and
+    nothing refused it (a load generator closing its spare connects at exit, a client timeout);
+    `no_request`: the connection was established but the client never sent a byte (the
+    conn_life probe saw no write of the client, or no read of the server). Either way no
+    request of the application waited on it: not a spike of the server's."""
+    out = np.full(len(txn), "", dtype=object)
+    if len(txn) == 0 or "seen" not in txn:
+        return out
+    flags = txn["conn_flags"].to_numpy().astype(np.int64)
+    est, close = txn["t_connected"].to_numpy(), txn["t_end"].to_numpy()
+    seen = txn["seen"].astype(str).to_numpy()
+    whole = (flags & CONN_PARTIAL) == 0
+    client = seen != "server"
+    abandoned = client & whole & (est == 0) & (close > 0) & ((flags & (CONN_REFUSED | CONN_RESET)) == 0)
+    out[abandoned] = "abandoned"
+    probes = getattr(meta, "probes", None) or {}
+    if str(probes.get("conn_life", "")) in ("raw_tracepoint", "tracepoint", "kprobe"):
+        wrote = txn["cli_first_write"].to_numpy() > 0
+        read = txn["srv_first_read"].to_numpy() > 0
+        silent = np.where(seen == "server", ~read, np.where(seen == "both", ~wrote & ~read, ~wrote))
+        out[whole & (est > 0) & (close > 0) & silent & (out == "")] = "no_request"
+    return out
+
+
+def detect_idle_connection(ctx: Context) -> None:
+    """A connection that carried no request (`idle_connections`): it is explained as such, so
+    that its time is not put on the server. Such connections are spikes only when asked for
+    (`--idle`); this names them then."""
+    txn = ctx.frames.txn
+    why = idle_connections(txn, ctx.meta)[ctx.spikes]
+    ti = ctx.spikes[why != ""]
+    if len(ti) == 0:
+        return
+    why = why[why != ""]
+    t_start, end = ctx.col("t_start")[ti], ctx.col("end")[ti]
+    overflow = ctx.growth("TcpExt.ListenOverflows", t_start, end)
+    sentences, shorts = [], []
+    for w, a, b, g in zip(why, t_start, end, overflow):
+        if w == "abandoned":
+            full = (f" (ListenOverflows +{int(g)} meanwhile: a full accept queue drops a SYN "
+                    "without a word)") if g > 0 else ""
+            sentences.append(f"The client gave up connecting after {fmt_ns(b - a)}: it closed the socket while "
+                             f"its SYN was unanswered{full}, before sending any request; no request waited "
+                             "on this connection.")
+            shorts.append(f"a connect abandoned after {fmt_ns(b - a)}")
+        else:
+            sentences.append(f"The client sent nothing on this connection in its {fmt_ns(b - a)} (an idle "
+                             "connection: a spare one of a load generator, or one left open until exit); no "
+                             "request waited on it.")
+            shorts.append(f"an idle connection ({fmt_ns(b - a)}, no request)")
+    ctx.cands.add(ti, "idle_connection", why, t_start, end, sentences, shorts)

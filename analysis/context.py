@@ -13,7 +13,8 @@ from analysis.load import Frames
 from analysis.options import AnalysisOptions
 
 CAUSES = ("syn_retransmit", "synack_retransmit", "data_retransmit", "port_exhaustion", "reset",
-          "runq_delay", "accept_queue_wait", "server_processing", "client_blocked", "delayed_ack")
+          "idle_connection", "runq_delay", "accept_queue_wait", "server_processing", "client_blocked",
+          "delayed_ack")
 # When two causes claim the same stretch of a transaction, the one earlier here gets it: the
 # direct evidence (a retransmit timer, a failing connect) before the symptoms (a wait in the
 # accept queue is *because* the server thread was not running), and timing-only inferences last.

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import accuracy, facts
-from analysis.causes_connect import (detect_port_exhaustion, detect_reset, detect_syn_retransmit,
-                                     detect_synack_retransmit)
+from analysis.causes_connect import (detect_idle_connection, detect_port_exhaustion, detect_reset,
+                                     detect_syn_retransmit, detect_synack_retransmit, idle_connections)
 from analysis.causes_transfer import (detect_accept_queue_wait, detect_data_retransmit,
                                       detect_client_blocked, detect_delayed_ack, detect_runq_delay,
                                       detect_server_processing, systematic_stall)
@@ -23,7 +23,7 @@ from analysis.options import AnalysisOptions
 
 DETECTORS = (detect_syn_retransmit, detect_synack_retransmit, detect_port_exhaustion, detect_reset,
              detect_data_retransmit, detect_accept_queue_wait, detect_runq_delay, detect_server_processing,
-             detect_client_blocked, detect_delayed_ack)
+             detect_client_blocked, detect_delayed_ack, detect_idle_connection)
 
 PERCENTILES = (50, 90, 99, 99.9, 99.99)
 
@@ -106,6 +106,12 @@ def analyse(run, options: AnalysisOptions = AnalysisOptions(), app_log=None) -> 
     stall = systematic_stall(txn, ok, run.meta.params.client)
     if stall:
         warnings.append(stall)
+    idle = idle_connections(txn, run.meta) != ""
+    idle_excluded = int((mask & idle).sum()) if not options.include_idle else 0
+    if idle_excluded:
+        mask &= ~idle
+        warnings.append(f"{idle_excluded:,} slow connection(s) carried no request (connects the client "
+                        "abandoned, or idle connections): not counted as spikes; --idle lists them")
     if options.only_ids is not None:
         mask = np.isin(txn["id"].to_numpy(), np.asarray(list(options.only_ids), dtype=np.int64))
     spikes = np.flatnonzero(mask)

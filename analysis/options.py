@@ -29,6 +29,7 @@ class AnalysisOptions:
     min_explained: float = 0.5  # causes must cover this share of the excess over the median
     only_ids: Optional[Sequence[int]] = None  # explain these transactions whatever their latency
     match_window_ms: float = 100.0  # application log: how far its times may be from the kernel's
+    include_idle: bool = False  # connections that carried no request are spikes too (`--idle`)
 
     def describe(self) -> str:
         parts = []

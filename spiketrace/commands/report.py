@@ -10,6 +10,7 @@ from common.text import printable
 from spiketrace.commands.params import Duration, Formats, Percentile, Relative
 
 REPORT_FORMATS = ("terminal", "md", "html", "json", "parquet")
+LOG_FORMATS = ("ab-g", "pgbench-l", "plain", "csv", "tsv", "columns", "jsonl")  # analysis.applog_read.FORMATS
 
 
 def analysis_options(f):
@@ -55,8 +56,18 @@ def make_options(threshold: float, relative: float, percentile):
                    "CLOCK_MONOTONIC ns; auto picks the one that falls within the trace.")
 @click.option("--match-window", type=Duration("ms", lo=0, lo_open=True, hi=3_600_000), default="100ms",
               show_default=True, help="How far an entry's start may be from its kernel connection's open.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
+              help="Read every --transactions file in this format instead of telling it from its "
+                   "first line (ab-g: ApacheBench -g; pgbench-l: pgbench -l; see "
+                   "docs/your-application.md).")
+@click.option("--clock-offset", type=Duration("ms", lo=-3_600_000, hi=3_600_000), default=None,
+              help="How far the log's clock is ahead of the kernel's (e.g. 6.5ms, -2ms), instead of "
+                   "the offset estimated from its slow entries.")
+@click.option("--idle", "include_idle", is_flag=True,
+              help="Count connections that carried no request (connects the client abandoned, idle "
+                   "spare connections) as spikes too; by default they are left out and counted.")
 def command(run_dir: Path, threshold: float, relative: float, percentile, formats, out_dir, force: bool,
-            app_logs, ts_kind, clock: str, match_window: float):
+            app_logs, ts_kind, clock: str, match_window: float, log_format, clock_offset, include_idle: bool):
     """Analyse RUN_DIR and write its reports: report.html, report.md, summary.json and
     explanations.parquet (one row per slow transaction) into the run directory.
 
@@ -76,6 +87,7 @@ def command(run_dir: Path, threshold: float, relative: float, percentile, format
       spiketrace report runs/X --percentile 99.9 --out /tmp/x-report
       spiketrace report runs/trace -t client.log           # one duration per line
       spiketrace report runs/trace -t app.csv --ts-kind end
+      spiketrace report runs/trace -t ab.tsv --log-format ab-g --clock-offset 6.5ms
     """
     from rich.console import Console
 
@@ -88,13 +100,18 @@ def command(run_dir: Path, threshold: float, relative: float, percentile, format
 
     chosen = check_formats(formats)
     options = make_options(threshold, relative, percentile)
-    options = dataclasses.replace(options, match_window_ms=match_window)
+    options = dataclasses.replace(options, match_window_ms=match_window, include_idle=include_idle)
+    if (log_format or clock_offset is not None) and not app_logs:
+        raise SpikeTraceError("--log-format and --clock-offset apply to an application log: give it "
+                              "with --transactions FILE")
     run = RunDir.open(run_dir)
     app_log = None
     if app_logs:
         from analysis.applog import read_app_log
 
-        app_log = read_app_log(list(app_logs), ts_kind=ts_kind, clock=clock)
+        app_log = read_app_log(list(app_logs), ts_kind=ts_kind, clock=clock, log_format=log_format)
+        if clock_offset is not None:
+            app_log.clock_offset_ns = -int(round(clock_offset * 1e6))
     target = out_dir if out_dir is not None else run.path
     if not force:
         for path in output_paths(target, chosen).values():

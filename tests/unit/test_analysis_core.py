@@ -319,3 +319,49 @@ def test_a_healthy_trace_is_reported_with_its_counts_and_histograms(tmp_path):
     assert "the kernel counted 6,000 connections and none was slow" in " ".join(proc.stdout.split())
     assert "connection lifetime" in proc.stdout and "Traceback" not in proc.stderr
     assert (path / "report.html").exists()
+
+
+def test_connections_that_carried_no_request_are_not_spikes_unless_asked(tmp_path):
+    """A load generator's spare connects closed in SYN_SENT at its exit (the full accept queue
+    had dropped their SYNs: ListenOverflows grew) and an established connection its client never
+    wrote on: neither is a request the server delayed. Left out of the spikes and counted by
+    default; with include_idle, explained as idle_connection."""
+    import dataclasses
+
+    import pandas as pd
+
+    path = tmp_path / "run"
+    rundir.create_run_dir(path)
+    base = 50 * S
+
+    def conn(port, est, write, close, role="client"):
+        return {"netns": 1, "role": role, "pid": 77, "comm": "ab", "saddr": "10.0.0.1",
+                "sport": port, "daddr": "10.0.0.2", "dport": 80, "t_open": base + port * MS,
+                "t_established": est, "t_first_data": 0, "t_close": close, "syn_retrans": 0,
+                "retrans": 0, "resets": 0, "flags": 2, "tid": 77, "t_first_read": write,
+                "t_first_write": write}
+
+    rows = [conn(p, base + p * MS + 50_000, base + p * MS + 60_000, base + p * MS + 300_000) for p in range(1, 40)]
+    rows.append(conn(100, 0, 0, base + 100 * MS + 400 * MS))  # abandoned connect
+    rows.append(conn(101, base + 101 * MS + 50_000, 0, base + 101 * MS + 2 * S))  # idle
+    rows.append(conn(102, base + 102 * MS + 50_000, base + 102 * MS + 60_000, base + 102 * MS + 500 * MS))  # slow, used
+    rundir.write_table(path, "connections", pd.DataFrame(rows))
+    rundir.write_table(path, "counters", pd.DataFrame([
+        {"t_ns": base, "name": "TcpExt.ListenOverflows", "value": 10},
+        {"t_ns": base + 100 * MS + 50 * MS, "name": "TcpExt.ListenOverflows", "value": 13}]))
+    meta = rundir.new_meta("trace")
+    meta.status = "complete"
+    meta.probes = {"conn_life": "raw_tracepoint"}
+    meta.counts = {"events": 0, "lost_events": 0}
+    rundir.write_meta(path, meta)
+    opts = AnalysisOptions(relative=0)
+    result = analyse(RunDir.open(path), opts)
+    assert sorted(result.explanations["local_port"]) == [102]
+    assert any("2 slow connection(s) carried no request" in w for w in result.warnings)
+    result = analyse(RunDir.open(path), dataclasses.replace(opts, include_idle=True))
+    expl = result.explanations.set_index("local_port")
+    assert expl.loc[100, "cause"] == "idle_connection" and expl.loc[100, "cause_detail"] == "abandoned"
+    assert "gave up connecting after 400 ms" in expl.loc[100, "sentence"]
+    assert "ListenOverflows +3" in expl.loc[100, "sentence"]
+    assert expl.loc[101, "cause"] == "idle_connection" and expl.loc[101, "cause_detail"] == "no_request"
+    assert expl.loc[102, "cause"] == "unexplained"

@@ -103,3 +103,28 @@ def test_whole_second_starts_match_their_own_connections(tmp_path):
     assert not e["inferred"].any() and (e["match"] != "none").all()
     lines_slow = sorted(int(s.split(":")[1]) for s in e["source"])
     assert lines_slow == [k + 2 for k in SPIKES]  # header is line 1, entry k is line k + 2
+
+
+def test_a_given_clock_offset_is_used_and_said(tmp_path):
+    """--clock-offset: the log's clock 6.5 ms ahead, given rather than estimated: every slow
+    entry keeps its own SYN retransmit, and the note says the offset was given."""
+    from analysis import analyse
+    from common.rundir import RunDir
+
+    app, run, path = _traced(tmp_path, SPIKES)
+    ahead = run.meta.clock_wall_ns - run.meta.clock_monotonic_ns + 6_500_000
+    log = app.write_log(tmp_path / "w0.csv", worker=0, fmt="csv", mono_to_wall=ahead)
+    app_log = read_app_log([log])
+    app_log.clock_offset_ns = -6_500_000
+    result = analyse(RunDir.open(path), app_log=app_log)
+    assert result.summary["app_log"]["clock_offset_ms"] == -6.5
+    assert any("+6.5 ms off the kernel's (as given" in w for w in result.warnings + result.summary.get("notes", []))
+    e = result.explanations
+    assert len(e) == len(SPIKES) and set(e["cause"]) == {"syn_retransmit"}
+    assert not e["inferred"].any()
+
+
+def test_report_offers_every_format_the_reader_reads():
+    from spiketrace.commands.report import LOG_FORMATS
+
+    assert LOG_FORMATS == tuple(FORMATS)
