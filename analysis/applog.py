@@ -452,6 +452,7 @@ def _transactions(e: pd.DataFrame, t_start: np.ndarray, dur: np.ndarray, conn: n
         "srv_hold_tid": pick("srv_hold_tid", 0).astype(np.int64),
         "srv_hold_ran": pick("srv_hold_ran", -1).astype(np.int64),
         "srv_hold_wait": pick("srv_hold_wait", -1).astype(np.int64),
+        "cli_first_write": pick("cli_first_write", 0).astype(np.int64),
         "tid": pick("tid", 0).astype(np.int64),
         "srv_tid": np.where(pick("srv_hold_tid", 0).astype(np.int64) > 0, pick("srv_hold_tid", 0),
                             pick("srv_tid", 0)).astype(np.int64),

@@ -170,9 +170,30 @@ def detect_accept_queue_wait(ctx: Context) -> None:
         return
     first_read = (ctx.meta.probes or {}).get("accept_wait") == "raw_tracepoint"
     from_event = np.r_[np.ones(len(ti_e), bool), np.zeros(len(ti_s), bool)]
+    if first_read and "cli_first_write" in ctx.frames.txn:
+        # a wait that ends at the server's first read can only have begun when the request was
+        # there: before the client's first write the time is the client's own
+        sent = ctx.col("cli_first_write")[ti_all]
+        late = from_event & (sent > a) & (sent < b)
+        a = np.where(late, sent, a)
     port = ctx.col("remote_port")[ti_all]
     backlog = ctx.backlog(port, a)
     queue = ctx.queue_max(port, a, b)
+    # an upper bound (the first read) that the sampled queue depth contradicts: the accept
+    # queue stayed empty over more than two samples, so the connection had been accepted and
+    # the request waited in the server, unread: the server's own time, not the queue's
+    unread = from_event & first_read & (queue == 0) & (b - a > 2 * ctx.period_ns)
+    if unread.any():
+        tu, au, bu = ti_all[unread], a[unread], b[unread]
+        ctx.cands.add(tu, "server_processing", "unread", au, bu,
+                      [f"The server had accepted the connection but first read the request {fmt_ns(y - x)} "
+                       "after it arrived (its accept queue was empty meanwhile, sampled): the request "
+                       "waited in the server, unread." for x, y in zip(au, bu)],
+                      [f"the server left the request unread {fmt_ns(y - x)}" for x, y in zip(au, bu)])
+        keep = ~unread
+        ti_all, a, b, from_event, backlog, queue = (v[keep] for v in (ti_all, a, b, from_event, backlog, queue))
+        if len(ti_all) == 0:
+            return
     sentences, shorts = [], []
     for k in range(len(ti_all)):
         bl = f" (backlog {backlog[k]})" if backlog[k] >= 0 else ""
