@@ -20,7 +20,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from common.errors import SpikeTraceError
 from tracer.host import kprobes_available, tracefs
 
-_TUPLE = ("sport", "dport", "family", "saddr", "daddr", "saddr_v6", "daddr_v6")
+# The 4-tuple fields of a tcp/sock record (tcp.c TP_TUPLE). `family` is not among them: the tcp
+# records of 5.10 have none (include/trace/events/tcp.h, v5.10; 6.1 has it) and tcp.c then
+# derives it from saddr_v6 (TP_TUPLE_NO_FAMILY); sock:inet_sock_set_state has had it since 4.16
+# and its program reads it, so that candidate requires it.
+_TUPLE = ("sport", "dport", "saddr", "daddr", "saddr_v6", "daddr_v6")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +62,8 @@ EVIDENCE: Tuple[Evidence, ...] = (
     Evidence("state_change", (
         _raw("inet_sock_set_state", "USE_RAW_STATE_CHANGE", 3, "OFF_SK_PROTOCOL"),
         Candidate("tracepoint", (_tp("sock:inet_sock_set_state", "tp_inet_sock_set_state",
-                                     ("skaddr", "oldstate", "newstate", "protocol") + _TUPLE),),
+                                     ("skaddr", "oldstate", "newstate", "protocol",
+                                      "family") + _TUPLE),),
                   "USE_TP_STATE_CHANGE"),
         Candidate("kprobe", (("tcp_set_state", "kp_tcp_set_state", ()),), "USE_KP_STATE_CHANGE"),
     )),

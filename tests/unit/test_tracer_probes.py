@@ -37,7 +37,7 @@ def test_tracepoint_fields_parse_arrays_and_pointers(tmp_path):
 def test_plan_falls_back_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(probes, "raw_tracepoints_available", lambda: False)
     monkeypatch.setattr(probes, "kprobes_available", lambda: False)
-    tuple_fields = [(f, 30 + i * 2, 2) for i, f in enumerate(probes._TUPLE)]
+    tuple_fields = [(f, 30 + i * 2, 2) for i, f in enumerate(probes._TUPLE + ("family",))]
     root = _fake_tracefs(tmp_path, {
         # a state tracepoint without `protocol`: unusable, and no kprobes to fall back on
         "sock:inet_sock_set_state": [("skaddr", 8, 8), ("oldstate", 16, 4),
