@@ -117,3 +117,13 @@ def test_netns_inum_of_self():
     assert btf.netns_inum_of(os.getpid()) == os.stat(f"/proc/{os.getpid()}/ns/net").st_ino
     with pytest.raises(SpikeTraceError):
         btf.netns_inum_of("sttest-no-such-netns")
+
+
+def test_raw_tracepoint_support_is_asked_of_bcc_once_a_process():
+    """BCC's answer costs a kernel-symbol scan (~0.35 s); plans reuse it."""
+    probes.raw_tracepoints_available.cache_clear()
+    first = probes.raw_tracepoints_available()
+    for _ in range(3):
+        assert probes.raw_tracepoints_available() == first
+    info = probes.raw_tracepoints_available.cache_info()
+    assert (info.misses, info.hits) == (1, 3)
