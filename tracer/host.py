@@ -145,25 +145,28 @@ def check_bcc() -> Check:
 
 
 def _headers_release(build: Path) -> str:
-    """The kernel release the headers in `build` were made for ('' if unknown)."""
-    for rel in ("include/config/kernel.release",):
-        try:
-            return (build / rel).read_text().strip()
-        except OSError:
-            pass
+    """The kernel release the headers in `build` were made for ('' if unknown): UTS_RELEASE,
+    what `uname -r` of that build says, first. include/config/kernel.release can differ from
+    it: Debian's exact headers for 5.10.0-46-amd64 have `5.10.262` there (6.1.0-57-amd64:
+    `6.1.192`), so reading it first called them generic."""
     try:
         text = (build / "include/generated/utsrelease.h").read_text()
         return text.split('"')[1]
     except (OSError, IndexError):
+        pass
+    try:
+        return (build / "include/config/kernel.release").read_text().strip()
+    except OSError:
         pass
     real = os.path.realpath(build)
     name = os.path.basename(real)
     return name[len("linux-headers-"):] if name.startswith("linux-headers-") else name
 
 
-def check_headers() -> Check:
-    release = platform.release()
-    build = Path(f"/lib/modules/{release}/build")
+def check_headers(release: Optional[str] = None, modules: str = "/lib/modules") -> Check:
+    """Headers BCC can compile against (`release`, `modules`: another kernel's, for tests)."""
+    release = release or platform.release()
+    build = Path(modules) / release / "build"
     fix = (f"{INSTALL}   # or: apt install linux-headers-{release} | "
            f"dnf install kernel-devel-{release}")
     if (build / "include").is_dir():

@@ -13,6 +13,7 @@ records differ (6.18 added `err` to tcp_retransmit_skb and changed tcp_send_rese
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -20,7 +21,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from common.errors import SpikeTraceError
 from tracer.host import kprobes_available, tracefs
 
-_TUPLE = ("sport", "dport", "family", "saddr", "daddr", "saddr_v6", "daddr_v6")
+# The 4-tuple fields of a tcp/sock record (tcp.c TP_TUPLE). `family` is not among them: the tcp
+# records of 5.10 have none (include/trace/events/tcp.h, v5.10; 6.1 has it) and tcp.c then
+# derives it from saddr_v6 (TP_TUPLE_NO_FAMILY); sock:inet_sock_set_state has had it since 4.16
+# and its program reads it, so that candidate requires it.
+_TUPLE = ("sport", "dport", "saddr", "daddr", "saddr_v6", "daddr_v6")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +63,8 @@ EVIDENCE: Tuple[Evidence, ...] = (
     Evidence("state_change", (
         _raw("inet_sock_set_state", "USE_RAW_STATE_CHANGE", 3, "OFF_SK_PROTOCOL"),
         Candidate("tracepoint", (_tp("sock:inet_sock_set_state", "tp_inet_sock_set_state",
-                                     ("skaddr", "oldstate", "newstate", "protocol") + _TUPLE),),
+                                     ("skaddr", "oldstate", "newstate", "protocol",
+                                      "family") + _TUPLE),),
                   "USE_TP_STATE_CHANGE"),
         Candidate("kprobe", (("tcp_set_state", "kp_tcp_set_state", ()),), "USE_KP_STATE_CHANGE"),
     )),
@@ -198,8 +204,11 @@ def _tp_defines(event: str, fields: Dict[str, Tuple[int, int]]) -> Dict[str, int
             if re.fullmatch(r"\w+", f)}
 
 
+@functools.lru_cache(maxsize=None)
 def raw_tracepoints_available() -> bool:
-    """Raw tracepoint programs (Linux 4.17+) as far as BCC can tell."""
+    """Raw tracepoint programs (Linux 4.17+) as far as BCC can tell. Asked once a process:
+    BCC looks two kernel symbols up by a scan of its symbol table, ~0.35 s each time, and a
+    plan asks for every raw candidate (9 times, ~3 s a plan, measured on 6.18)."""
     try:
         from bcc import BPF
 

@@ -37,7 +37,7 @@ def test_tracepoint_fields_parse_arrays_and_pointers(tmp_path):
 def test_plan_falls_back_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(probes, "raw_tracepoints_available", lambda: False)
     monkeypatch.setattr(probes, "kprobes_available", lambda: False)
-    tuple_fields = [(f, 30 + i * 2, 2) for i, f in enumerate(probes._TUPLE)]
+    tuple_fields = [(f, 30 + i * 2, 2) for i, f in enumerate(probes._TUPLE + ("family",))]
     root = _fake_tracefs(tmp_path, {
         # a state tracepoint without `protocol`: unusable, and no kprobes to fall back on
         "sock:inet_sock_set_state": [("skaddr", 8, 8), ("oldstate", 16, 4),
@@ -117,3 +117,13 @@ def test_netns_inum_of_self():
     assert btf.netns_inum_of(os.getpid()) == os.stat(f"/proc/{os.getpid()}/ns/net").st_ino
     with pytest.raises(SpikeTraceError):
         btf.netns_inum_of("sttest-no-such-netns")
+
+
+def test_raw_tracepoint_support_is_asked_of_bcc_once_a_process():
+    """BCC's answer costs a kernel-symbol scan (~0.35 s); plans reuse it."""
+    probes.raw_tracepoints_available.cache_clear()
+    first = probes.raw_tracepoints_available()
+    for _ in range(3):
+        assert probes.raw_tracepoints_available() == first
+    info = probes.raw_tracepoints_available.cache_info()
+    assert (info.misses, info.hits) == (1, 3)
