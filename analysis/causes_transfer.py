@@ -252,7 +252,8 @@ def detect_runq_delay(ctx: Context) -> None:
 
 def runq_sentences(tx, sd, tid, comm, cpu, waited, end_rel) -> list:
     """One sentence per run-queue candidate: the thread by its id and name (the name the kernel
-    gave at its switch-out), how long, on which CPU, and the other side's thread when it waited
+    gave at its switch-out), how long, the CPU it then ran on (value2; where it waited unless the
+    scheduler moved it), and the other side's thread when it waited
     in the same transaction too (its longest wait). The task that held the CPU is not named:
     the tracer records the delayed thread only (tracer/bpf/sched.c)."""
     def who(k: int) -> str:
@@ -267,7 +268,7 @@ def runq_sentences(tx, sd, tid, comm, cpu, waited, end_rel) -> list:
     out = []
     for k in range(len(tx)):
         text = (f"{who(k)[0].upper()}{who(k)[1:]} waited {fmt_ns(waited[k])} runnable but not running "
-                f"on CPU {int(cpu[k])} (another task had that CPU) until {fmt_rel(end_rel[k])}.")
+                f"until {fmt_rel(end_rel[k])} (another task had the CPU; it then ran on CPU {int(cpu[k])}).")
         other = [o for side, o in longest[int(tx[k])].items() if side != sd[k]]
         if other:
             o = other[0]

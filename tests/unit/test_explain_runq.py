@@ -43,7 +43,7 @@ def test_run_queue_sentence_names_thread_cpu_and_the_other_side():
     expl = analyse(RunDir.open(DATA)).explanations.set_index("txn_id")
     both = expl.loc[1075, "sentence"]
     assert both.startswith("The client thread 23671 (python) waited 150 ms runnable but not running "
-                           "on CPU 1")
+                           "until +151 ms (another task had the CPU; it then ran on CPU 1).")
     assert "The other side was delayed too: the server thread 23664 (python) waited 150 ms" in both
     alone = expl.loc[0, "sentence"]
     assert "other side" not in alone
