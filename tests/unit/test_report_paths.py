@@ -1,0 +1,39 @@
+"""Report paths a user takes that once misled (issue 15), each checked as the user sees it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+
+from common import rundir
+
+
+def healthy_trace(path, counted=6000):
+    """A trace whose kernel counted every connection and sent none (nothing was slow)."""
+    rundir.create_run_dir(path)
+    meta = rundir.new_meta("trace", scenario="trace")
+    meta.status = "complete"
+    meta.clock_monotonic_ns, meta.clock_wall_ns = 1_407_740_497_648, 1_796_191_025_588_772_765
+    meta.counts = {"events": 0, "connections": 0, "lost_events": 0, "connections_counted": counted,
+                   "connections_sent": 0}
+    rundir.write_table(path, "histograms", pd.DataFrame({
+        "t_ns": [1], "name": ["lifetime_ns"], "log2_bucket": [20], "count": [counted]}))
+    rundir.write_meta(path, meta)
+    return path
+
+
+def report(*args):
+    return subprocess.run([sys.executable, "-m", "spiketrace.cli", "report", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_no_transaction_has_no_first_transaction_time(tmp_path):
+    """With no transaction, `first transaction at` was the boot time (t0 = 0 through the
+    clock anchor) in the terminal, markdown and HTML reports."""
+    path = healthy_trace(tmp_path / "run")
+    proc = report(path)
+    assert proc.returncode == 0, proc.stderr
+    assert "first transaction" not in proc.stdout
+    assert "first transaction" not in (path / "report.md").read_text()
+    assert "first transaction</td><td>none" in (path / "report.html").read_text()
