@@ -37,3 +37,19 @@ def test_no_transaction_has_no_first_transaction_time(tmp_path):
     assert "first transaction" not in proc.stdout
     assert "first transaction" not in (path / "report.md").read_text()
     assert "first transaction</td><td>none" in (path / "report.html").read_text()
+
+
+def test_a_drop_at_a_listener_is_not_said_to_have_found_no_socket():
+    """A segment dropped by a listener (state LISTEN) with NO_SOCKET / TCP_FLAGS came after its
+    accept queue overflowed: 'no socket was there (nothing listening ...)' contradicted the
+    listener in the same line ('... in LISTEN')."""
+    from common.vocab import describe_event
+
+    names = {3: "NO_SOCKET", 30: "TCP_FLAGS"}
+    for reason in names:
+        ev = {"kind": "drop", "state": 10, "value": 0, "reason": reason, "side": "server"}
+        text = describe_event(ev, drop_names=names)
+        assert "nothing listening" not in text and "at the listener" in text, text
+        assert "accept queue was full" in text and names[reason] in text
+    elsewhere = describe_event({"kind": "drop", "state": 0, "value": 0, "reason": 3}, drop_names=names)
+    assert "no socket was there" in elsewhere  # a port with no socket at all: as before
