@@ -53,3 +53,19 @@ def test_a_drop_at_a_listener_is_not_said_to_have_found_no_socket():
         assert "accept queue was full" in text and names[reason] in text
     elsewhere = describe_event({"kind": "drop", "state": 0, "value": 0, "reason": 3}, drop_names=names)
     assert "no socket was there" in elsewhere  # a port with no socket at all: as before
+
+
+def test_the_stall_advice_is_given_only_where_it_is_not_already_followed():
+    """nagle-delack sets --relative 0 --threshold 30ms itself; its report still advised 'use
+    --relative 0 --threshold 30ms to explain each one' under 795 explained stalls."""
+    from pathlib import Path
+
+    from analysis import AnalysisOptions, analyse
+    from common.rundir import RunDir
+
+    run = RunDir.open(Path(__file__).resolve().parents[1] / "data" / "nagle-delack")
+    advice = "use --relative 0 --threshold 30ms"
+    assert any(advice in w for w in analyse(run).warnings)  # default rule: nothing explained
+    followed = analyse(run, AnalysisOptions(threshold_ms=30, relative=0))
+    assert len(followed.explanations) == 100
+    assert not any(advice in w for w in followed.warnings)
