@@ -70,3 +70,28 @@ def served_ports(pids: Iterable[int]) -> Set[int]:
     for pid in pids:
         ports |= listening_ports(int(pid))
     return ports
+
+
+def descendants(pids: Iterable[int]) -> Set[int]:
+    """Every process below `pids` now (a forking server's workers); those forked later are
+    marked in the kernel as they are created (tracer/bpf/sched.c, common.h inherit_user_pid)."""
+    children: dict = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(name))
+    out: Set[int] = set()
+    todo = [int(p) for p in pids]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out

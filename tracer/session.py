@@ -142,6 +142,10 @@ class Tracer:
                 raise SpikeTraceError(f"port {p} is not a TCP port (1-65535)")
             ports[ct.c_int(int(p))] = ct.c_uint8(1)
         self.add_pids(self.config.pids)
+        if self.config.pids:  # their workers are theirs too (tracer/pidscope.py)
+            from tracer import pidscope
+
+            self.add_pids(sorted(pidscope.descendants(self.config.pids)))
         cgroup_dir = None
         if self.config.cgroup:
             cgroup_dir = host.resolve_cgroup(self.config.cgroup)
@@ -154,6 +158,7 @@ class Tracer:
         from tracer import pidscope
 
         pids = set(int(p) for p in self.config.pids)
+        pids |= pidscope.descendants(pids)
         if cgroup_dir:
             pids |= pidscope.cgroup_pids(cgroup_dir)
         served = self._bpf[b"served"]

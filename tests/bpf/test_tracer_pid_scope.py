@@ -179,3 +179,75 @@ def test_trace_command_with_pid_alone_shows_the_server(tmp_path):
     report = subprocess.run([SPIKETRACE, "report", str(out)], capture_output=True, text=True,
                             timeout=120)
     assert report.returncode == 0, report.stderr
+
+
+FORKING = textwrap.dedent("""
+    import json, os, socket, sys
+    port, mode = int(sys.argv[1]), sys.argv[2]
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", port))
+    ls.listen(64)
+
+    def serve(c):
+        c.settimeout(5)
+        data = c.recv(4096)
+        if data:
+            c.sendall(data)
+        c.close()
+
+    if mode == "prefork":  # a worker forked before tracing starts accepts and serves
+        worker = os.fork()
+        if worker == 0:
+            ls.settimeout(30)
+            while True:
+                c, _ = ls.accept()
+                serve(c)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        os.kill(worker, 9)
+        os.waitpid(worker, 0)
+    else:  # the parent accepts, a child forked per connection reads and replies
+        print("ready", flush=True)
+        ls.settimeout(30)
+        for _ in range(int(sys.argv[3])):
+            c, _ = ls.accept()
+            if os.fork() == 0:
+                serve(c)
+                os._exit(0)
+            c.close()
+            os.wait()
+        sys.stdin.readline()
+    print(json.dumps({"pid": os.getpid()}), flush=True)
+""")
+
+
+@pytest.mark.parametrize("mode", ["fork-per-connection", "prefork"])
+def test_pid_of_a_forking_server_records_its_workers_connections(tmp_path, mode):
+    """postgres forks a backend per connection (the parent accepts, the child reads); nginx and
+    gunicorn prefork workers: `--pid` of the parent covers its children."""
+    n = 20
+    with private_netns("fork") as ns:
+        port, inum = random_port(), netns_inum_of(ns)
+        proc = tracer = None
+        try:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", FORKING,
+                                     str(port), mode, str(n)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True)
+            assert proc.stdout.readline().strip() == "ready"
+            tracer = start_tracer(TracerConfig(pids=[proc.pid], netns_inum=inum,
+                                               slow_conn_ms=TINY), tmp_path)
+            run_clients(ns, port, n)
+            out, _ = proc.communicate("stop\n", timeout=30)
+            stats = tracer.stop()
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if tracer is not None:
+                tracer.stop()
+    assert json.loads(out.strip().splitlines()[-1])["pid"] == proc.pid
+    conns = read_table(tmp_path, "connections")
+    assert stats.connections_counted == n, conns
+    assert len(conns) == n and (conns["role"] == "server").all()
+    assert proc.pid not in set(conns["pid"])  # taken up by the workers, not the parent

@@ -323,6 +323,27 @@ static __always_inline int task_in_scope(u32 tgid)
 	return 1;
 }
 
+/* A user-given process's child is the user's too (sched.c, at its creation): a forking server's
+ * workers take up its connections (postgres forks a backend per connection, which reads it).
+ * sched_wakeup_new names a new thread or process by its tid alone: a thread's tid is marked
+ * too, harmless unless that number comes back as another process's pid. */
+static __always_inline void inherit_user_pid(u32 parent_tgid, u32 child)
+{
+#ifdef FILTER_PIDS
+	u64 bit;
+	struct pid_word *w;
+	if (!(pid_flags(parent_tgid) & PID_USER))
+		return;
+	w = pid_word_of(child, &bit);
+	if (w && !(w->user & bit))
+#ifdef ST_NO_ATOMICS
+		w->user |= bit;
+#else
+		__sync_fetch_and_or(&w->user, bit);
+#endif
+#endif
+}
+
 static __always_inline void learn_pid(u32 tgid)
 {
 	u64 bit;
