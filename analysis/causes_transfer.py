@@ -264,13 +264,39 @@ def detect_runq_delay(ctx: Context) -> None:
     b = np.minimum(e_b[j], end[tx])
     sd = side[i]
     comm = ev["comm"].iloc[rows[j]].astype(str).to_numpy()
-    pid = e_pid[j]
-    sentences = [f"The {s} thread {p} ({c}) waited {fmt_ns(e_b[jj] - e_a[jj])} runnable but not "
-                 f"running (another task had the CPU) at {fmt_rel(bb - t_start[t])}."
-                 for s, c, p, jj, bb, t in zip(sd, comm, pid, j, b, tx)]
+    cpu = ev["value2"].to_numpy()[rows[j]]
+    sentences = runq_sentences(tx, sd, e_pid[j], comm, cpu, e_b[j] - e_a[j], b - t_start[tx])
     shorts = [f"the {s} thread waited {fmt_ns(bb - aa)} for a CPU" for s, aa, bb in zip(sd, a, b)]
     ctx.cands.add(tx, "runq_delay", sd, a, b, sentences, shorts)
     ctx.cands.cite(tx, "runq_delay", ev["ev_row"].to_numpy()[rows[j]])
+
+
+def runq_sentences(tx, sd, tid, comm, cpu, waited, end_rel) -> list:
+    """One sentence per run-queue candidate: the thread by its id and name (the name the kernel
+    gave at its switch-out), how long, the CPU it then ran on (value2; where it waited unless the
+    scheduler moved it), and the other side's thread when it waited
+    in the same transaction too (its longest wait). The task that held the CPU is not named:
+    the tracer records the delayed thread only (tracer/bpf/sched.c)."""
+    def who(k: int) -> str:
+        name = str(comm[k]).strip()
+        return f"the {sd[k]} thread {int(tid[k])}" + (f" ({name})" if name else "")
+
+    longest: dict = {}  # tx -> side -> the candidate with the longest wait
+    for k in range(len(tx)):
+        sides = longest.setdefault(int(tx[k]), {})
+        if sd[k] not in sides or waited[k] > waited[sides[sd[k]]]:
+            sides[sd[k]] = k
+    out = []
+    for k in range(len(tx)):
+        text = (f"{who(k)[0].upper()}{who(k)[1:]} waited {fmt_ns(waited[k])} runnable but not running "
+                f"until {fmt_rel(end_rel[k])} (another task had the CPU; it then ran on CPU {int(cpu[k])}).")
+        other = [o for side, o in longest[int(tx[k])].items() if side != sd[k]]
+        if other:
+            o = other[0]
+            text += (f" The other side was delayed too: {who(o)} waited {fmt_ns(waited[o])} "
+                     f"until {fmt_rel(end_rel[o])}.")
+        out.append(text)
+    return out
 
 
 def detect_server_processing(ctx: Context) -> None:

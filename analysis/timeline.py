@@ -85,11 +85,17 @@ def build_timeline(result: AnalysisResult, txn_id: int) -> Timeline:
                 add(int(s[col]), "server", text)
     ev = ctx.frames.events
     own = np.flatnonzero(ctx.ev_ti == ti)
-    cited = result.evidence[result.evidence["txn_id"] == txn_id]["ev_row"].to_numpy() if len(result.evidence) else []
+    mine = result.evidence[result.evidence["txn_id"] == txn_id] if len(result.evidence) else None
+    cited = mine["ev_row"].to_numpy() if mine is not None else []
+    # cited only as the nearest evidence of an unexplained time: another transaction's or thread's
+    as_cause = set(mine[mine["cause"] != "nearest"]["ev_row"].tolist()) if mine is not None else set()
     drops, resets = ctx.meta.reason_names("drop"), ctx.meta.reason_names("reset")
-    for e in np.union1d(own, cited).astype(np.int64):
-        add(int(ev["t_ns"].iat[e]), "kernel", describe_event(ev.iloc[e], drops, resets), int(e))
     end = int(row["end"])
+    for e in np.union1d(own, cited).astype(np.int64):
+        text = describe_event(ev.iloc[e], drops, resets)
+        if ctx.ev_ti[e] != ti and int(e) not in as_cause:
+            text += " " + outside_note(ev.iloc[e], t0, end, ctx.frames.txn, int(ctx.ev_ti[e]))
+        add(int(ev["t_ns"].iat[e]), "kernel", text, int(e))
     for name in COUNTERS + tuple(n for n in ctx.frames.counters.names() if n.startswith("listen.")):
         for t, before, after in counter_changes(ctx.frames.counters, name, t0 - ctx.period_ns, end + ctx.period_ns):
             add(t, "counter", f"{name} {before} -> {after}")
@@ -100,6 +106,28 @@ def build_timeline(result: AnalysisResult, txn_id: int) -> Timeline:
     slow = bool(row["latency_ns"] >= result.threshold_ns) if result.threshold_ns else True
     return Timeline(txn=row, explanation=expl, rows=rows, slow=slow, warnings=list(result.warnings),
                     threshold_ns=result.threshold_ns)
+
+
+# events whose `value` is a wait that ended at t_ns (the wait began value ns earlier)
+WAIT_KINDS = ("runq_delay", "accept_wait")
+
+
+def outside_note(event, t0: int, end: int, txn, other_ti: int) -> str:
+    """Why an event shown in a transaction's timeline is not part of it: shown as the nearest
+    kernel evidence, it happened before, after, or beside it (another connection's, or a thread
+    that is not this transaction's)."""
+    t_b = int(event["t_ns"])
+    t_a = t_b - max(int(event["value"]), 0) if event["kind"] in WAIT_KINDS else t_b
+    if t_b < t0:
+        when = f"it ended {fmt_ns(t0 - t_b)} before this transaction started"
+    elif t_a > end:
+        when = f"it began {fmt_ns(t_a - end)} after this transaction ended"
+    elif event["kind"] == "runq_delay":
+        when = "during it, but the delayed thread is not this transaction's client or server thread"
+    else:
+        when = "during it, on another connection"
+    owner = f"; it belongs to transaction {int(txn['id'].iat[other_ti])}" if other_ti >= 0 else ""
+    return f"[outside this transaction: {when}{owner}; shown as the nearest kernel evidence]"
 
 
 def counter_changes(counters, name: str, a: int, b: int):

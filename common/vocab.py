@@ -132,6 +132,10 @@ DROP_WORDS = {
 }
 
 
+# reasons a listener gives a segment of a connection it has no child socket for
+LISTENER_NO_CHILD = ("NO_SOCKET", "TCP_FLAGS")
+
+
 def describe_drop(name: str) -> str:
     """'dropped <words> (drop reason NAME)': what a network engineer would say of a drop."""
     words = DROP_WORDS.get(str(name).replace("SKB_DROP_REASON_", ""))
@@ -162,6 +166,12 @@ def describe_event(ev: Mapping[str, Any], drop_names: Optional[Mapping[int, str]
         return f"{state_name(state)} -> {state_name(int(_get(ev, 'new_state')))}{side}"
     if kind == "drop":
         name = (drop_names or {}).get(reason, str(reason))
+        if state == LISTEN and str(name).replace("SKB_DROP_REASON_", "") in LISTENER_NO_CHILD:
+            # FACT accept-queue: a segment of a connection the listener keeps no socket for (its
+            # last ACK met a full accept queue) reaches the listener and is dropped there
+            return (f"packet dropped at the listener: no socket for its connection (the accept "
+                    f"queue was full when its handshake completed, or it was already closed; drop "
+                    f"reason {name}){side}")
         where = f" in {state_name(state)}" if state else ""
         return f"packet {describe_drop(name)}{where}{side}"
     if kind in ("reset_sent", "reset_received"):

@@ -142,9 +142,28 @@ class Tracer:
                 raise SpikeTraceError(f"port {p} is not a TCP port (1-65535)")
             ports[ct.c_int(int(p))] = ct.c_uint8(1)
         self.add_pids(self.config.pids)
+        if self.config.pids:  # their workers are theirs too (tracer/pidscope.py)
+            from tracer import pidscope
+
+            self.add_pids(sorted(pidscope.descendants(self.config.pids)))
+        cgroup_dir = None
         if self.config.cgroup:
-            path = host.resolve_cgroup(self.config.cgroup)
-            self._bpf[b"cgroup_filter"][0] = path
+            cgroup_dir = host.resolve_cgroup(self.config.cgroup)
+            self._bpf[b"cgroup_filter"][0] = cgroup_dir
+        if not self.config.ports and (self.config.pids or cgroup_dir):
+            self._seed_served_ports(cgroup_dir)
+
+    def _seed_served_ports(self, cgroup_dir: Optional[str]) -> None:
+        """Task filters without ports: the traced processes' listeners now (tracer/pidscope.py)."""
+        from tracer import pidscope
+
+        pids = set(int(p) for p in self.config.pids)
+        pids |= pidscope.descendants(pids)
+        if cgroup_dir:
+            pids |= pidscope.cgroup_pids(cgroup_dir)
+        served = self._bpf[b"served"]
+        for port in sorted(pidscope.served_ports(pids)):
+            served[ct.c_int(port)] = ct.c_uint8(1)
 
     def add_pids(self, pids: Sequence[int]) -> None:
         """Trace these processes too: run-queue delay of their threads, their syscalls."""

@@ -123,6 +123,8 @@ def build(result, max_spikes: int = HTML_SPIKES) -> ReportData:
     s = _clean(result.summary)
     expl = result.explanations
     t0 = int(result.t_start.min()) if len(result.t_start) else 0
+    # no transaction, no first one: t0 = 0 through the clock anchor would be the boot time
+    t0_wall = _t0_wall(result.meta, t0) if len(result.t_start) else None
     lat_ms = result.latency_ns / 1e6
     bins_t, p50, mx = _time_bins(result.t_start, lat_ms, t0)
     worst = expl.head(max_spikes)
@@ -137,13 +139,13 @@ def build(result, max_spikes: int = HTML_SPIKES) -> ReportData:
         causes=s["causes"], accuracy=s["accuracy"],
         probes=sorted(s["probes"].items()), warnings=list(s["warnings"]),
         notes=[printable(n) for n in getattr(result.meta, "notes", []) or []],
-        spikes=_spike_rows(result, worst, t0, _t0_wall(result.meta, t0)), spikes_total=len(expl),
+        spikes=_spike_rows(result, worst, t0, t0_wall), spikes_total=len(expl),
         t0=t0, bins_t=bins_t, bins_p50=p50, bins_max=mx,
         spike_t=spike_t, spike_ms=plotted["latency_ns"].to_numpy() / 1e6,
         spike_cause=plotted["cause"].to_numpy(dtype=object), spikes_plotted=len(plotted),
         markers=markers, hist_edges=edges, hist=hist, threshold_ms=result.threshold_ns / 1e6,
         latency_title=LATENCY_TITLES.get(s["run"].get("source", ""), "Latency (ok transactions)"),
-        trace=s.get("trace"), app_log=s.get("app_log"), t0_wall_ns=_t0_wall(result.meta, t0),
+        trace=s.get("trace"), app_log=s.get("app_log"), t0_wall_ns=t0_wall,
         no_spikes=no_spike_lines(s) if len(expl) == 0 else [])
 
 

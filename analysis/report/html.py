@@ -66,7 +66,8 @@ def render(data: ReportData, plots: Dict[str, str]) -> str:
             ["command", f"<code>{esc(run['command'])}</code>"],
             ["kernel", esc(f"{run['kernel']} ({run['distro']}), BCC {run['bcc_version'] or '?'}")],
             ["started / ended", esc(f"{run['started']} / {run['ended']}")],
-            ["first transaction", esc(f"{data.wall(0.0)} UTC" if data.t0_wall_ns else "unknown (no clock anchor)")],
+            ["first transaction", esc(f"{data.wall(0.0)} UTC" if data.t0_wall_ns else
+                                      "none" if not c["transactions"] else "unknown (no clock anchor)")],
             ["transactions", esc(f"{c['transactions']:,} ({c['ok']:,} ok; outcomes: "
                                  + ", ".join(f"{k} {v:,}" for k, v in c["outcomes"].items()) + ")")],
             ["spikes", esc(f"{c['spikes']:,} ({data.options['spike_rule']}; effective threshold "

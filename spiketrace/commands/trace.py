@@ -43,7 +43,7 @@ def _load_config(ctx, param, value):
 @click.option("-p", "--port", "ports", type=int, multiple=True, metavar="PORT",
               help="Trace connections to or from this TCP port (repeatable).")
 @click.option("--pid", "pids", type=int, multiple=True, metavar="PID",
-              help="Trace this process's threads and sockets (repeatable).")
+              help="Trace this process's threads and the sockets it connects or accepts (repeatable).")
 @click.option("--cgroup", metavar="PATH", default=None,
               help="Trace tasks in this cgroup v2 (absolute, or relative to the cgroup2 mount).")
 @click.option("--netns", metavar="NAME", default=None,

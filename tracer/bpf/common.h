@@ -53,6 +53,16 @@
 #define PID_USER 1     /* given by the user (config.pids, add_pids) */
 #define PID_LEARNED 2  /* connected to / accepted from a traced port */
 
+/* Task filters (pids / cgroup): a socket belongs to the task that connects it or takes it up.
+ * A server connection is born in softirq (no owner yet): it is tracked UNCLAIMED from its
+ * SYN_RECV and kept only if a task in scope takes it up (accept() or its first read or write,
+ * handlers.h handle_accepted); taken up by another task it is dropped, closed unclaimed it is
+ * forgotten. Nothing of an unclaimed connection is sent. */
+#if defined(FILTER_PIDS) || defined(FILTER_CGROUP)
+#define TASK_FILTER 1
+#endif
+#define CONN_UNCLAIMED 0x80000000 /* BPF only: never in a record sent (see above) */
+
 #ifndef RB_FLAGS
 #define RB_FLAGS 1     /* BPF_RB_NO_WAKEUP: the consumer polls on a short timer */
 #endif
@@ -75,6 +85,11 @@ BPF_PERF_OUTPUT(events);
 /* Arrays where a key is small: their lookups are inlined by the verifier (no hashing, no
  * locks), and these maps are read several times per connection and per context switch. */
 BPF_ARRAY(ports, u8, 65536);                      /* port (host byte order) -> 1 if traced */
+/* Task filters without ports: local ports where a traced task serves (its listeners at start,
+ * tracer/pidscope.py, and the port of every server connection it took up). Evidence about a
+ * packet, not a socket (drops, SYN-ACK retransmits of a listener, resets answering no socket),
+ * is in scope only at those ports. */
+BPF_ARRAY(served, u8, 65536);
 /* Traced processes: bitmaps indexed by tgid, which is below PID_MAX_LIMIT (4M on 64-bit), so
  * every possible tgid has its bit and a lookup is inlined (no hashing, no helper call). */
 #define PID_WORDS 65536
@@ -308,6 +323,27 @@ static __always_inline int task_in_scope(u32 tgid)
 	return 1;
 }
 
+/* A user-given process's child is the user's too (sched.c, at its creation): a forking server's
+ * workers take up its connections (postgres forks a backend per connection, which reads it).
+ * sched_wakeup_new names a new thread or process by its tid alone: a thread's tid is marked
+ * too, harmless unless that number comes back as another process's pid. */
+static __always_inline void inherit_user_pid(u32 parent_tgid, u32 child)
+{
+#ifdef FILTER_PIDS
+	u64 bit;
+	struct pid_word *w;
+	if (!(pid_flags(parent_tgid) & PID_USER))
+		return;
+	w = pid_word_of(child, &bit);
+	if (w && !(w->user & bit))
+#ifdef ST_NO_ATOMICS
+		w->user |= bit;
+#else
+		__sync_fetch_and_or(&w->user, bit);
+#endif
+#endif
+}
+
 static __always_inline void learn_pid(u32 tgid)
 {
 	u64 bit;
@@ -320,17 +356,39 @@ static __always_inline void learn_pid(u32 tgid)
 #endif
 }
 
-/* Scope of a socket not tracked yet: its ports, then its netns. With only pids/cgroup given,
- * sockets are tracked from the connect() or accept() of a traced task instead. */
+/* Scope of a socket not tracked yet: its ports, then its netns. With a task filter, sockets
+ * are tracked from the connect() or take-up of a task in scope instead: an untracked socket is
+ * another task's. */
 static __always_inline int sock_scope(const void *sk, u16 sport, u16 dport, u32 *netns)
 {
-#if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
+#ifdef TASK_FILTER
 	return 0;
 #endif
 	if (!ports_in_scope(sport, dport))
 		return 0;
 	*netns = sk_netns(sk);
 	return netns_in_scope(*netns);
+}
+
+/* A server port of a traced task (the `served` map), for evidence about packets. */
+static __always_inline void serve_port(u16 port)
+{
+	u32 k = port;
+	u8 *v = served.lookup(&k);
+	if (v && !*v)
+		*v = 1;
+}
+
+/* Scope of evidence about a packet rather than a socket; `lport` = the receiver's port. */
+static __always_inline int packet_ports_in_scope(u16 lport, u16 rport)
+{
+#if defined(TASK_FILTER) && !defined(HAVE_PORTS)
+	u32 k = lport;
+	u8 *v = served.lookup(&k);
+	return v && *v;
+#else
+	return ports_in_scope(lport, rport);
+#endif
 }
 
 /* The 4-tuple as a socket sees it (s = local), host byte order ports. */

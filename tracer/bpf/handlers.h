@@ -62,8 +62,18 @@ static __always_inline void conn_drop(struct st_conn *c)
 	conn_release(c);
 }
 
+/* Unclaimed (task filters, common.h): kept for a task that may take it up, sends nothing. */
+static __always_inline int conn_hidden(const struct st_conn *c)
+{
+	return c && (c->flags & CONN_UNCLAIMED);
+}
+
 static __always_inline void conn_close(void *ctx, struct st_conn *c, u64 now)
 {
+	if (conn_hidden(c)) {
+		conn_drop(c); /* no task in scope took it up: another task's connection */
+		return;
+	}
 	c->t_close = now;
 	if (c->t_open) {
 		u64 life = now - c->t_open;
@@ -84,6 +94,8 @@ static __always_inline void emit_time_wait(void *ctx, struct st_conn *c, u32 net
 	count(CTR_TIME_WAIT);
 	if (c)
 		c->flags |= CONN_TIME_WAIT;
+	if (conn_hidden(c))
+		return;
 #ifndef ALL_EVENTS
 	/* Every active close enters TIME_WAIT: send it only as part of a connection already worth
 	 * sending; the TIME_WAIT census (counters.parquet) covers the rest. */
@@ -125,6 +137,9 @@ static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u
 		 * owner is learned at accept()) */
 		c->role = ROLE_SERVER;
 		c->t_open = now;
+#ifdef TASK_FILTER
+		c->flags = CONN_UNCLAIMED; /* until a task in scope takes it up (common.h) */
+#endif
 	} else {
 		c->flags = CONN_PARTIAL;
 	}
@@ -132,15 +147,22 @@ static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u
 	return c;
 }
 
-/* A socket not tracked yet: in scope by ports and netns, or (pids/cgroup only) when a traced
- * task connects it. */
+/* A socket not tracked yet: in scope by ports and netns; with a task filter (pids / cgroup,
+ * with or without ports) also by its owner: a client socket when a task in scope connects it, a
+ * server one (SYN_RECV, softirq) unclaimed until a task takes it up (common.h), one first seen
+ * late only when a task in scope closes it (the transitions a close() makes in its context). */
 static __always_inline int new_sock_in_scope(const void *sk, int newstate, struct st_tuple *t,
 					     int *have, u32 *netns)
 {
-#if !defined(HAVE_PORTS) && (defined(FILTER_PIDS) || defined(FILTER_CGROUP))
-	if (newstate != ST_TCP_SYN_SENT || !task_in_scope(bpf_get_current_pid_tgid() >> 32))
+#ifdef TASK_FILTER
+	if (newstate != ST_TCP_SYN_RECV && !task_in_scope(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	if (newstate != ST_TCP_SYN_SENT && newstate != ST_TCP_SYN_RECV &&
+	    newstate != ST_TCP_FIN_WAIT1 && newstate != ST_TCP_LAST_ACK)
 		return 0;
 	ensure_tuple(sk, t, have);
+	if (!ports_in_scope(t->sport, t->dport))
+		return 0;
 	*netns = sk_netns(sk);
 	return netns_in_scope(*netns);
 #else
@@ -274,7 +296,7 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 			c = conn_open(sk, newstate, netns, t, now);
 	}
 #ifdef ALL_EVENTS
-	{
+	if (!conn_hidden(c)) {
 		struct st_event ev;
 		ensure_tuple(sk, t, &have);
 		fill_event(&ev, KIND_STATE_CHANGE, netns, t);
@@ -338,10 +360,22 @@ static __always_inline int handle_retransmit(void *ctx, const void *sk, int stat
 		conn_tuple(c, t);
 		nth = state == ST_TCP_SYN_SENT ? ++c->syn_retrans : ++c->retrans;
 		c->flags |= CONN_RETRANS;
+		if (conn_hidden(c))
+			return 0;
 	} else {
 		ensure_tuple(sk, t, &have);
+#ifdef TASK_FILTER
+		/* another task's SYN to a port a traced task serves: its listener dropped the first
+		 * (a full accept queue), evidence about the traced server */
+		if (state != ST_TCP_SYN_SENT || !packet_ports_in_scope(t->dport, t->sport))
+			return 0;
+		netns = sk_netns(sk);
+		if (!netns_in_scope(netns))
+			return 0;
+#else
 		if (!sock_scope(sk, t->sport, t->dport, &netns))
 			return 0;
+#endif
 	}
 	fill_event(&ev, KIND_RETRANSMIT, netns, t);
 	ev.value = nth;
@@ -358,7 +392,7 @@ static __always_inline int handle_synack(void *ctx, const void *sk, const struct
 	u32 netns = 0;
 	struct st_event ev;
 
-	if (!ports_in_scope(t->sport, t->dport))
+	if (!packet_ports_in_scope(t->sport, t->dport))
 		return 0;
 	netns = sk_netns(sk);
 	if (!netns_in_scope(netns))
@@ -396,7 +430,7 @@ static __always_inline int emit_reset(void *ctx, u8 kind, const void *sk, struct
 		c->resets++;
 		c->flags |= CONN_RESET;
 	}
-	if (!reset_is_evidence(sk, state, c))
+	if (conn_hidden(c) || !reset_is_evidence(sk, state, c))
 		return 0;
 	fill_event(&ev, kind, netns, t);
 	set_owner(&ev, c);
@@ -462,7 +496,7 @@ static __always_inline int handle_reset_sent(void *ctx, const void *sk, const vo
 		if (!sock_scope(sk, t->sport, t->dport, &netns))
 			return 0;
 	} else {
-		if (!ports_in_scope(t->sport, t->dport))
+		if (!packet_ports_in_scope(t->sport, t->dport))
 			return 0;
 		netns = skb_netns(skb, NULL);
 		if (!netns_in_scope(netns))
@@ -478,20 +512,26 @@ static __always_inline int handle_drop(void *ctx, const void *skb, const void *r
 {
 	struct st_tuple t = {};
 	struct st_event ev;
+	struct st_conn *c = NULL;
 	u32 netns;
 
 	if (reason >= 0 && (reason <= SKB_CONSUMED_REASON || reason == DROP_REASON_QUEUE_PURGE))
 		return 0;
 	if (skb_read_tuple(skb, &t) != ST_IPPROTO_TCP)
 		return 0;
-	if (!ports_in_scope(t.sport, t.dport))
+	if (rx_sk)
+		c = conn_find(rx_sk);
+	if (conn_hidden(c))
+		return 0;
+	/* a tracked connection's packet is in scope whatever its port (a traced client's) */
+	if (!c && !packet_ports_in_scope(t.sport, t.dport))
 		return 0;
 	netns = skb_netns(skb, rx_sk);
 	if (!netns_in_scope(netns))
 		return 0;
 	fill_event(&ev, KIND_DROP, netns, &t);
 	if (rx_sk) {
-		set_owner(&ev, conn_find(rx_sk));
+		set_owner(&ev, c);
 		ev.state = sk_read_state(rx_sk);
 	}
 	ev.reason = reason < 0 ? 0 : reason;
@@ -562,13 +602,23 @@ static __always_inline int handle_io(const void *sk, int ret, int write)
 }
 
 /* The server process (current) took up server connection `c`: its accept() returned it, or
- * (sock_recv_length) it first read from it. The wait since its ESTABLISHED. */
+ * (sock_recv_length / sock_send_length) it first read or wrote it. The wait since its
+ * ESTABLISHED. With a task filter, this is where an unclaimed connection (common.h) is kept,
+ * and its port learned as served, or dropped: another task's. */
 static __always_inline int handle_accepted(void *ctx, struct st_conn *c)
 {
 	u64 now;
 	if (!c || c->role != ROLE_SERVER || (c->flags & CONN_ACCEPTED))
 		return 0;
 	u64 id = bpf_get_current_pid_tgid();
+	if (c->flags & CONN_UNCLAIMED) {
+		if (!task_in_scope(id >> 32)) {
+			conn_drop(c);
+			return 0;
+		}
+		c->flags &= ~CONN_UNCLAIMED;
+		serve_port(c->sport);
+	}
 	c->pid = id >> 32;
 	c->tid = (u32)id;
 	bpf_get_current_comm(c->comm, sizeof(c->comm));

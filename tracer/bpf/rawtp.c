@@ -107,7 +107,13 @@ int raw_conn_recv(struct bpf_raw_tracepoint_args *ctx)
 
 int raw_conn_send(struct bpf_raw_tracepoint_args *ctx)
 {
-	return handle_io((const void *)RAW_ARG(ctx, 0), (int)RAW_ARG(ctx, 1), 1);
+	const void *sk = (const void *)RAW_ARG(ctx, 0);
+#ifdef USE_RAW_ACCEPT_WAIT
+	/* a server that speaks first (a greeting) takes its connection up with a write */
+	if (pending_count() > 0)
+		handle_accepted(ctx, conn_find(sk));
+#endif
+	return handle_io(sk, (int)RAW_ARG(ctx, 1), 1);
 }
 #endif
 

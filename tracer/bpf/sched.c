@@ -38,8 +38,10 @@ static __always_inline struct task_slot *slot_of(u32 tid)
 static __always_inline int handle_wakeup_new(u32 tid)
 {
 	struct task_slot *t;
-	if (!tracked_task(bpf_get_current_pid_tgid() >> 32))
+	u32 parent = bpf_get_current_pid_tgid() >> 32;
+	if (!tracked_task(parent))
 		return 0;
+	inherit_user_pid(parent, tid);
 	t = slot_of(tid);
 	if (t) {
 		t->tid = tid;
