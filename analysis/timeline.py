@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -31,6 +31,7 @@ class Timeline:
     slow: bool  # a spike under the run's thresholds
     warnings: List[str]
     threshold_ns: float = 0.0
+    phases: List[Tuple[str, int, str]] = dataclasses.field(default_factory=list)  # (name, ns, note): they add up
 
 
 def explain_transaction(run, txn_id: int, options: AnalysisOptions = AnalysisOptions(), app_log=None) -> Timeline:
@@ -105,7 +106,42 @@ def build_timeline(result: AnalysisResult, txn_id: int) -> Timeline:
         expl = result.explanations.iloc[0].to_dict()
     slow = bool(row["latency_ns"] >= result.threshold_ns) if result.threshold_ns else True
     return Timeline(txn=row, explanation=expl, rows=rows, slow=slow, warnings=list(result.warnings),
-                    threshold_ns=result.threshold_ns)
+                    threshold_ns=result.threshold_ns, phases=phases_of(row))
+
+
+def phases_of(row: Dict[str, Any]) -> List[Tuple[str, int, str]]:
+    """A transaction's latency as consecutive phases that add up to it, from the times the
+    kernel and the bench recorded: the handshake (SYN sent -> ESTABLISHED), then, where the
+    server's conversation was traced, until the server read the request (accept-queue wait and
+    request in flight), the server's processing (its hold, with its thread's time), and the
+    reply in flight, the client's own time and the close; else connected -> end."""
+    def t(name):
+        v = row.get(name, 0)
+        return int(v) if v is not None and v == v and int(v) > 0 else 0
+
+    start, end = t("t_start"), int(row.get("end", 0) or 0) or t("t_end")
+    if not start or end <= start:
+        return []
+    marks = [("handshake", t("t_connected"), "")]
+    hold, hold_end = t("srv_hold_ns"), t("srv_hold_end")
+    if hold and start < hold_end - hold and hold_end <= end:
+        ran, waited = (int(row[c]) if row.get(c) is not None else -1 for c in ("srv_hold_ran", "srv_hold_wait"))
+        split = ""
+        if 0 <= ran and 0 <= waited and ran + waited <= hold * 11 // 10:
+            off = max(hold - ran - waited, 0)
+            split = (f" (its thread off the CPU {fmt_ns(off)}, running {fmt_ns(min(ran, hold))}, "
+                     f"runnable {fmt_ns(min(waited, hold))})")
+        marks += [("until the server read the request", hold_end - hold, ""),
+                  ("server processing", hold_end, split), ("reply, client and close", end, "")]
+    else:
+        marks.append(("connected to end" if t("t_connected") else "to end", end, ""))
+    out, prev = [], start
+    for name, at, note in marks:
+        if at <= 0 or at < prev:
+            continue
+        out.append((name, min(at, end) - prev, note))
+        prev = min(at, end)
+    return out
 
 
 # events whose `value` is a wait that ended at t_ns (the wait began value ns earlier)

@@ -67,6 +67,8 @@ def command(run_dir: Path, txn_id: int, threshold: str, relative: str, percentil
         for row in tl.rows:
             table.add_row(f"{row['t_rel_ns'] / 1e6:.3f}", row["column"], escape(row["text"]))
     console.print(table)
+    if tl.phases:
+        console.print("[bold]Phases:[/] " + ", ".join(f"{escape(n)} {fmt_ns(v)}{escape(x)}" for n, v, x in tl.phases))
     e = tl.explanation
     if not tl.slow:
         console.print(f"Not a spike: {fmt_ns(t['latency_ns'])} is under the spike threshold "
