@@ -13,7 +13,7 @@ def test_a_traced_servers_hold_splits_the_connection_into_phases_that_add_up():
     assert [p[0] for p in phases] == ["handshake", "until the server read the request", "server processing",
                                       "reply, client and close"]
     assert sum(p[1] for p in phases) == 204 * MS
-    assert phases[2][1] == 200 * MS and "off the CPU 198 ms, running 2 ms" in phases[2][2]
+    assert phases[2][1] == 200 * MS and "off the CPU 198 ms, running 2.0 ms" in phases[2][2]
 
 
 def test_without_the_servers_conversation_the_phases_are_the_handshake_and_the_rest():
