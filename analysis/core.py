@@ -13,9 +13,9 @@ import pandas as pd
 from analysis import accuracy, facts
 from analysis.causes_connect import (detect_idle_connection, detect_port_exhaustion, detect_reset,
                                      detect_syn_retransmit, detect_synack_retransmit, idle_connections)
-from analysis.causes_transfer import (detect_accept_queue_wait, detect_data_retransmit,
-                                      detect_client_blocked, detect_delayed_ack, detect_runq_delay,
-                                      detect_server_processing, systematic_stall)
+from analysis.causes_app import detect_client_blocked, detect_server_processing
+from analysis.causes_transfer import (detect_accept_queue_wait, detect_data_retransmit, detect_delayed_ack,
+                                      detect_runq_delay, systematic_stall)
 from analysis.context import ALL_CAUSES, CAUSES, build_context
 from analysis.decompose import explain, summarise_causes
 from analysis.load import Frames, load
