@@ -8,6 +8,10 @@ Formats are told apart by their first line, or forced with `--log-format`:
 - `pgbench-l`: pgbench's `-l` per-transaction log (`client_id transaction_no time script_no
   time_epoch time_us [schedule_lag [retries]]`, no header): duration `time` us, *end* at
   `time_epoch.time_us`; `script_no` is kept (a test can tell which script a transaction ran);
+- `nginx-access`, `apache-access`: a web server's access log in the common or combined format
+  with the request's time added last: nginx `$request_time` (seconds, ms resolution; the entry
+  *ends* at `[$time_local]`, when it was logged), Apache `%D` (us; the entry *starts* at `[%t]`,
+  when the request was received); timestamps in whole seconds;
 - `plain`, `csv`, `tsv`, `columns`, `jsonl`: see analysis.applog.
 """
 from __future__ import annotations
@@ -50,7 +54,9 @@ class AppLog:
 
 
 # ---- reading ------------------------------------------------------------------------------
-FORMATS = ("ab-g", "pgbench-l", "plain", "csv", "tsv", "columns", "jsonl")
+FORMATS = ("ab-g", "pgbench-l", "nginx-access", "apache-access", "plain", "csv", "tsv", "columns", "jsonl")
+# common / combined log format with the request's time as the last field
+_ACCESS = re.compile(r'^\S+ \S+ \S+ \[(?P<time>[^\]]+)\] "[^"]*" \d{3} \S+(?: "[^"]*" "[^"]*")?.* (?P<dur>[0-9.]+)$')
 AB_G_HEADER = ["starttime", "seconds", "ctime", "dtime", "ttime", "wait"]
 
 
@@ -97,6 +103,8 @@ def _read_one(path: Path, ts_kind: str, forced: Optional[str] = None) -> Tuple[p
         return _read_ab_g(path, numbered)
     if fmt == "pgbench-l":
         return _read_pgbench(path, numbered)
+    if fmt in ("nginx-access", "apache-access"):
+        return _read_access(path, numbered, fmt)
     if fmt == "jsonl":
         return _read_jsonl(path, numbered, ts_kind)
     if fmt == "plain":
@@ -115,6 +123,9 @@ def _tell_format(first: str) -> Optional[str]:
         return "jsonl"
     if first.split("\t") == AB_G_HEADER or first.split() == AB_G_HEADER:
         return "ab-g"
+    access = _ACCESS.match(first)
+    if access:
+        return "nginx-access" if "." in access["dur"] else "apache-access"
     if _is_number(first):
         cells = first.replace(",", " ").split()
         if len(cells) == 1:
@@ -359,6 +370,34 @@ def _read_pgbench(path: Path, numbered) -> Tuple[pd.DataFrame, str, List[str]]:
     cols["ts_resolution_ns"] = np.full(len(rows), 1000, np.int64)
     cols["script"] = np.asarray([sc for _, _, sc, _ in rows], np.int64)
     return pd.DataFrame(cols), "pgbench-l", warn
+
+
+def _read_access(path: Path, numbered, fmt: str) -> Tuple[pd.DataFrame, str, List[str]]:
+    """A web server's access log (see the module docstring): nginx's entry ends at its
+    timestamp, Apache's starts at it; both to the second."""
+    scale = 1e9 if fmt == "nginx-access" else 1e3
+    rows, line_no, warn = _parse_lines(path, numbered, lambda ln: _access_row(ln, scale),
+                                       f"{fmt} lines (common/combined format, the request's time last)")
+    cols = _empty_frame(len(rows))
+    cols["line"] = line_no
+    cols["duration_ns"] = np.asarray([d for _, d in rows], np.int64)
+    cols["ts"] = np.asarray([t for t, _ in rows], float)
+    cols["ts_kind"] = np.full(len(rows), "end" if fmt == "nginx-access" else "start", dtype=object)
+    cols["ts_resolution_ns"] = np.full(len(rows), S, np.int64)
+    return pd.DataFrame(cols), fmt, warn
+
+
+def _access_row(ln: str, scale: float) -> Optional[Tuple[float, int]]:
+    """(epoch seconds, duration ns) of an access-log line, None if it is not one."""
+    m = _ACCESS.match(ln)
+    if not m:
+        return None
+    try:
+        when = _dt.datetime.strptime(m["time"], "%d/%b/%Y:%H:%M:%S %z").timestamp()
+        dur = float(m["dur"]) * scale
+    except ValueError:
+        return None
+    return (when, int(round(dur))) if math.isfinite(dur) and dur >= 0 else None
 
 
 def _read_jsonl(path: Path, numbered, ts_kind: str) -> Tuple[pd.DataFrame, str, List[str]]:

@@ -10,7 +10,7 @@ from common.text import printable
 from spiketrace.commands.params import Duration, Formats, Percentile, Relative
 
 REPORT_FORMATS = ("terminal", "md", "html", "json", "parquet")
-LOG_FORMATS = ("ab-g", "pgbench-l", "plain", "csv", "tsv", "columns", "jsonl")  # analysis.applog_read.FORMATS
+LOG_FORMATS = ("ab-g", "pgbench-l", "nginx-access", "apache-access", "plain", "csv", "tsv", "columns", "jsonl")  # analysis.applog_read.FORMATS
 
 
 def analysis_options(f):
@@ -58,7 +58,8 @@ def make_options(threshold: float, relative: float, percentile):
               show_default=True, help="How far an entry's start may be from its kernel connection's open.")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
               help="Read every --transactions file in this format instead of telling it from its "
-                   "first line (ab-g: ApacheBench -g; pgbench-l: pgbench -l; see "
+                   "first line (ab-g: ApacheBench -g; pgbench-l: pgbench -l; nginx-access / "
+                   "apache-access: an access log with $request_time / %D last; see "
                    "docs/your-application.md).")
 @click.option("--clock-offset", type=Duration("ms", lo=-3_600_000, hi=3_600_000), default=None,
               help="How far the log's clock is ahead of the kernel's (e.g. 6.5ms, -2ms), instead of "

@@ -52,7 +52,9 @@ pid {root}/nginx.pid;
 error_log {root}/error.log;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
+    log_format timed '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+                     '"$http_referer" "$http_user_agent" $request_time';
+    access_log {root}/access.log timed;
     server {{
         listen 127.0.0.1:{PORT};
         listen [::1]:{PORT};
@@ -86,6 +88,8 @@ Listen 127.0.0.1:{PORT}
 Listen [::1]:{PORT}
 PidFile {root}/httpd.pid
 ErrorLog {root}/error.log
+LogFormat "%h %l %u %t \\"%r\\" %>s %b \\"%{{Referer}}i\\" \\"%{{User-agent}}i\\" %D" timed
+CustomLog {root}/access.log timed
 Mutex file:{root}
 StartServers 4
 MinSpareServers 4
@@ -147,6 +151,20 @@ def test_ab_slow_requests_are_found_and_explained(tmp_path, webroot, server, hos
     assert result.expected.get("server_processing", 0) >= 0.95 * len(stalls), result.line()
     assert_no_post_close_retransmit(tmp_path / "run")
 
+    # the server's own access log (its time for each request, to the second) joins as well
+    access = tmp_path / "access.log"
+    shutil.copy(webroot / "access.log", access)
+    res = report(tmp_path / "run", [access], ["--threshold", "100ms", "--relative", "0",
+                                             "--out", str(tmp_path / "by-access-log")])
+    assert res.returncode == 0, res.stderr
+    served = _server_slow(access)
+    assert len(served) >= STALLS * 0.9, f"the access log has {len(served)} slow requests"
+    served["expected"] = "server_processing"
+    by_log = score(f"{server} access log {host}", tmp_path / "by-access-log", served)
+    print(by_log.line())
+    assert by_log.found == by_log.client_slow, by_log.line()
+    assert by_log.expected["server_processing"] >= 0.95 * len(served), by_log.line()
+
 
 def _wait_ready(ns: str, url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
@@ -156,6 +174,20 @@ def _wait_ready(ns: str, url: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"the server did not answer {url}")
+
+
+def _server_slow(path: Path) -> pd.DataFrame:
+    """The server's slow requests in its access log (the request's time is the last field:
+    nginx seconds, Apache us), all of them the stalls (a server does not see the client's
+    retransmit waits)."""
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        last = line.rsplit(" ", 1)[-1]
+        ms = float(last) * 1000 if "." in last else int(last) / 1000
+        if ms > 100:
+            assert "/stall" in line, line
+            rows.append({"source": f"{path.name}:{n}", "ms": ms})
+    return pd.DataFrame(rows, columns=["source", "ms"])
 
 
 def _client_slow(path: Path) -> pd.DataFrame:

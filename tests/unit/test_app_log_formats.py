@@ -128,3 +128,20 @@ def test_report_offers_every_format_the_reader_reads():
     from spiketrace.commands.report import LOG_FORMATS
 
     assert LOG_FORMATS == tuple(FORMATS)
+
+
+def test_access_logs_are_read_with_the_servers_time_and_their_kind_of_timestamp(tmp_path):
+    """nginx: combined + $request_time (seconds; logged when the request ended); Apache:
+    combined + %D (us; %t is when the request was received)."""
+    ngx = tmp_path / "nginx.log"
+    ngx.write_text('127.0.0.1 - - [02/Dec/2026:06:13:22 +0000] "GET /stall HTTP/1.0" 200 6 "-" "ab/2.3" 0.200\n'
+                   'not an access log line\n')
+    apache = tmp_path / "apache.log"
+    apache.write_text('::1 - - [02/Dec/2026:06:13:22 +0000] "GET /fast HTTP/1.0" 200 - "-" "ab/2.3" 812\n')
+    log = read_app_log([ngx, apache])
+    assert log.formats == ["nginx-access", "apache-access"]
+    e = log.entries
+    assert e["duration_ns"].tolist() == [200_000_000, 812_000]
+    assert e["ts_kind"].tolist() == ["end", "start"] and (e["ts_resolution_ns"] == 1_000_000_000).all()
+    assert e["ts"].tolist() == [1796192002.0, 1796192002.0]
+    assert any("skipped 1 line(s)" in w for w in log.warnings)
