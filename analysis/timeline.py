@@ -114,7 +114,8 @@ def phases_of(row: Dict[str, Any]) -> List[Tuple[str, int, str]]:
     kernel and the bench recorded: the handshake (SYN sent -> ESTABLISHED), then, where the
     server's conversation was traced, until the server read the request (accept-queue wait and
     request in flight), the server's processing (its hold, with its thread's time), and the
-    reply in flight, the client's own time and the close; else connected -> end."""
+    reply in flight, the client's own time and the close; with the bench's records, its two
+    exchanges and the close; else connected -> end."""
     def t(name):
         v = row.get(name, 0)
         return int(v) if v is not None and v == v and int(v) > 0 else 0
@@ -133,6 +134,9 @@ def phases_of(row: Dict[str, Any]) -> List[Tuple[str, int, str]]:
                      f"runnable {fmt_ns(min(waited, hold))})")
         marks += [("until the server read the request", hold_end - hold, ""),
                   ("server processing", hold_end, split), ("reply, client and close", end, "")]
+    elif t("t_reply1"):  # the bench's own records: its two exchanges, then the close
+        marks += [("request and first reply", t("t_reply1"), ""), ("second exchange", t("t_reply2"), ""),
+                  ("close", end, "")]
     else:
         marks.append(("connected to end" if t("t_connected") else "to end", end, ""))
     out, prev = [], start

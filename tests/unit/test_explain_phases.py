@@ -21,3 +21,9 @@ def test_without_the_servers_conversation_the_phases_are_the_handshake_and_the_r
     assert phases_of(row) == [("handshake", 1000 * MS, ""), ("connected to end", MS, "")]
     # a connect that never completed: one phase
     assert phases_of({"t_start": MS, "t_connected": 0, "end": 5 * MS}) == [("to end", 4 * MS, "")]
+
+
+def test_the_benchs_records_give_its_exchanges():
+    row = {"t_start": MS, "t_connected": 2 * MS, "t_reply1": 5 * MS, "t_reply2": 1005 * MS, "end": 1006 * MS}
+    assert phases_of(row) == [("handshake", MS, ""), ("request and first reply", 3 * MS, ""),
+                              ("second exchange", 1000 * MS, ""), ("close", MS, "")]
