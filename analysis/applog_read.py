@@ -31,6 +31,7 @@ from common.errors import SpikeTraceError
 
 S = 1_000_000_000
 MS = 1_000_000
+MAX_DURATION_NS = 366 * 86_400 * S
 _DURATION = re.compile(r"^(duration|latency|elapsed)(?:_(s|ms|us|ns))?$")
 _DUR_SCALE = {None: 1e9, "s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}
 TS_COLUMNS = {"start": "start", "t_start": "start", "end": "end", "t_end": "end",
@@ -248,7 +249,7 @@ def _frame_from_columns(path: Path, data: pd.DataFrame, line_no: np.ndarray, ts_
             raise SpikeTraceError(f"{path}: start and end must both be ISO 8601 or both numbers")
         else:
             dur = _scale_like(e_num) - _scale_like(s_num)
-    ok = np.isfinite(dur) & (dur >= 0)
+    ok = np.isfinite(dur) & (dur >= 0) & (dur < MAX_DURATION_NS)  # beyond a year: not a duration
     if (~ok).any():
         first = int(line_no[np.flatnonzero(~ok)[0]])
         warn.append(f"{path}: skipped {int((~ok).sum()):,} entr(ies) without a valid duration (first: line {first})")
@@ -261,7 +262,14 @@ def _frame_from_columns(path: Path, data: pd.DataFrame, line_no: np.ndarray, ts_
         cols["ts_kind"] = np.full(n, kind, dtype=object)
     for port in ("local_port", "remote_port"):
         if port in roles:
-            cols[port] = pd.to_numeric(data[roles[port][0]], errors="coerce").fillna(0).to_numpy().astype(np.int64)
+            v = pd.to_numeric(data[roles[port][0]], errors="coerce").to_numpy(dtype=float)
+            valid = np.isfinite(v) & (v >= 0) & (v <= 65535) & (v == np.round(v))
+            given = ~np.isnan(v)
+            if (given & ~valid & ok).any():
+                first = int(line_no[np.flatnonzero(given & ~valid & ok)[0]])
+                warn.append(f"{path}: {int((given & ~valid & ok).sum()):,} entr(ies) with a {port} that is not "
+                            f"a port (0-65535), taken as unknown (first: line {first})")
+            cols[port] = np.where(valid, v, 0).astype(np.int64)
     df = pd.DataFrame(cols)
     return df[ok].reset_index(drop=True), fmt, warn
 

@@ -145,3 +145,15 @@ def test_access_logs_are_read_with_the_servers_time_and_their_kind_of_timestamp(
     assert e["ts_kind"].tolist() == ["end", "start"] and (e["ts_resolution_ns"] == 1_000_000_000).all()
     assert e["ts"].tolist() == [1796192002.0, 1796192002.0]
     assert any("skipped 1 line(s)" in w for w in log.warnings)
+
+
+def test_absurd_durations_and_ports_are_refused_and_said(tmp_path):
+    f = tmp_path / "app.csv"
+    f.write_text("start,duration_s,local_port\n1796192002.0,0.5,40000\n1796192003.0,1e300,40001\n"
+                 "1796192004.0,0.2,1e30\n")
+    log = read_app_log([f])
+    e = log.entries
+    assert e["duration_ns"].tolist() == [500_000_000, 200_000_000]
+    assert e["local_port"].tolist() == [40000, 0]
+    assert any("without a valid duration (first: line 3)" in w for w in log.warnings)
+    assert any("local_port that is not a port" in w and "line 4" in w for w in log.warnings)
