@@ -239,7 +239,8 @@ def _frame_from_columns(path: Path, data: pd.DataFrame, line_no: np.ndarray, ts_
             ts_vals[kind] = _timestamps(data[roles[kind][0]], path)
     if "duration" in roles:
         name, scale = roles["duration"]
-        dur = pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float) * scale
+        with np.errstate(over="ignore"):  # an absurd value becomes inf, refused below
+            dur = pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float) * scale
     else:
         (s_num, s_iso), (e_num, e_iso) = ts_vals["start"], ts_vals["end"]
         if s_iso is not None and e_iso is not None:
