@@ -185,6 +185,10 @@ class Daemon:
             h["rows_dropped"] += w.rows_dropped
             h["last_error"] = h["last_error"] or w.last_error
         h["errors"] += int("meta" in self.write_failing)
+        if "meta" in self.write_failing and not h["last_error"]:
+            # the outage's first failure can be meta.json's, before any table part fails: the
+            # recording is not ok (spiketrace_recording_ok) from then on
+            h["last_error"] = self.problems.get("write", "meta.json could not be written")
         return h
 
     # ---- the run ----
