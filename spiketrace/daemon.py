@@ -185,6 +185,10 @@ class Daemon:
             h["rows_dropped"] += w.rows_dropped
             h["last_error"] = h["last_error"] or w.last_error
         h["errors"] += int("meta" in self.write_failing)
+        # the outage's first failure can be meta.json's, before any table part fails: the
+        # recording is not ok (spiketrace_recording_ok) from then on; last_error stays the
+        # tables' own (the health task reports it as the "rows" writer's state)
+        h["ok"] = not h["last_error"] and "meta" not in self.write_failing
         return h
 
     # ---- the run ----

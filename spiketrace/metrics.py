@@ -178,7 +178,7 @@ class DaemonCollector:
         yield Counter("spiketrace_rows_dropped", "Rows dropped because their part could not be written",
                       value=h["rows_dropped"])
         yield Gauge("spiketrace_recording_ok", "1 while the last write succeeded, else 0",
-                    value=0 if h["last_error"] else 1)
+                    value=1 if h.get("ok", not h["last_error"]) else 0)
         yield Gauge("spiketrace_recording_bytes", "Disk used by the recording (every segment)",
                     value=disk_bytes(d))
         seg = d.segments

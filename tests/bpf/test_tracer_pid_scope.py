@@ -172,8 +172,9 @@ def test_trace_command_with_pid_alone_shows_the_server(tmp_path):
             if server is not None:
                 server.kill()
     assert rc == 0, stderr
-    assert "20 connections counted" in stderr, stderr
-    conns = RunDir.open(out).table("connections")
+    run = RunDir.open(out)
+    assert run.meta.counts["connections_counted"] == 20, run.meta.counts
+    conns = run.table("connections")
     assert sorted(conns["dport"]) == sorted(truth["peers"])
     assert set(conns["pid"]) == {server.pid}
     report = subprocess.run([SPIKETRACE, "report", str(out)], capture_output=True, text=True,
