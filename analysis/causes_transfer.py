@@ -265,21 +265,43 @@ def detect_runq_delay(ctx: Context) -> None:
     sd = side[i]
     comm = ev["comm"].iloc[rows[j]].astype(str).to_numpy()
     cpu = ev["value2"].to_numpy()[rows[j]]
-    sentences = runq_sentences(tx, sd, e_pid[j], comm, cpu, e_b[j] - e_a[j], b - t_start[tx])
+    holder = ev["reason"].to_numpy()[rows][j]
+    names = _thread_names(ctx)
+    sentences = runq_sentences(tx, sd, e_pid[j], comm, cpu, e_b[j] - e_a[j], b - t_start[tx],
+                               holder=holder, names=names)
     shorts = [f"the {s} thread waited {fmt_ns(bb - aa)} for a CPU" for s, aa, bb in zip(sd, a, b)]
     ctx.cands.add(tx, "runq_delay", sd, a, b, sentences, shorts)
     ctx.cands.cite(tx, "runq_delay", ev["ev_row"].to_numpy()[rows[j]])
 
 
-def runq_sentences(tx, sd, tid, comm, cpu, waited, end_rel) -> list:
+def _thread_names(ctx: Context) -> dict:
+    """tid -> name, from what the run recorded: delayed threads' events and connections' owners."""
+    ev = ctx.frames.events
+    names = {}
+    for t, c in zip(ev["pid"].to_numpy().tolist(), ev["comm"].astype(str).tolist()):
+        if t and c.strip():
+            names.setdefault(int(t), c.strip())
+    return names
+
+
+def runq_sentences(tx, sd, tid, comm, cpu, waited, end_rel, holder=None, names=None) -> list:
     """One sentence per run-queue candidate: the thread by its id and name (the name the kernel
     gave at its switch-out), how long, the CPU it then ran on (value2; where it waited unless the
-    scheduler moved it), and the other side's thread when it waited
-    in the same transaction too (its longest wait). The task that held the CPU is not named:
-    the tracer records the delayed thread only (tracer/bpf/sched.c)."""
+    scheduler moved it), the task that had the CPU when the wait ended (`holder`, the event's
+    reason: the one switched out for it; named when the run recorded its name), and the other
+    side's thread when it waited in the same transaction too (its longest wait)."""
+    names = names or {}
+
     def who(k: int) -> str:
         name = str(comm[k]).strip()
         return f"the {sd[k]} thread {int(tid[k])}" + (f" ({name})" if name else "")
+
+    def had_cpu(k: int) -> str:
+        h = int(holder[k]) if holder is not None else 0
+        if h <= 0:
+            return "another task had the CPU"
+        name = names.get(h, "")
+        return f"thread {h}{f' ({name})' if name else ''} had the CPU when it got it"
 
     longest: dict = {}  # tx -> side -> the candidate with the longest wait
     for k in range(len(tx)):
@@ -289,7 +311,7 @@ def runq_sentences(tx, sd, tid, comm, cpu, waited, end_rel) -> list:
     out = []
     for k in range(len(tx)):
         text = (f"{who(k)[0].upper()}{who(k)[1:]} waited {fmt_ns(waited[k])} runnable but not running "
-                f"until {fmt_rel(end_rel[k])} (another task had the CPU; it then ran on CPU {int(cpu[k])}).")
+                f"until {fmt_rel(end_rel[k])} ({had_cpu(k)}; it then ran on CPU {int(cpu[k])}).")
         other = [o for side, o in longest[int(tx[k])].items() if side != sd[k]]
         if other:
             o = other[0]

@@ -37,7 +37,7 @@ EVENT_KINDS: Dict[int, str] = {
     6: "drop",               # reason = enum skb_drop_reason, value = kernel code address
     7: "connect_error",      # reason = errno, value = failures in the streak, value2 = its start
     8: "accept_wait",        # value = ns from server-side ESTABLISHED to accept()
-    9: "runq_delay",         # value = ns runnable but not running, value2 = cpu
+    9: "runq_delay",         # value = ns runnable but not running, value2 = cpu, reason = tid that had the CPU
     10: "time_wait",         # the socket entered TIME_WAIT
     11: "listen_overflow",   # a SYN or final ACK met a full accept queue (kprobe); value = queue, value2 = backlog
 }
@@ -183,7 +183,9 @@ def describe_event(ev: Mapping[str, Any], drop_names: Optional[Mapping[int, str]
         return f"waited {fmt_ns(value)} in the accept queue"
     if kind == "runq_delay":
         comm = _get(ev, "comm", "")
-        return f"thread {int(_get(ev, 'pid'))} ({comm}) runnable but not running for {fmt_ns(value)}"
+        holder = int(_get(ev, "reason", 0) or 0)
+        had = f"; thread {holder} had the CPU" if holder > 0 else ""
+        return f"thread {int(_get(ev, 'pid'))} ({comm}) runnable but not running for {fmt_ns(value)}{had}"
     if kind == "time_wait":
         return f"entered TIME_WAIT{side}"
     if kind == "listen_overflow":

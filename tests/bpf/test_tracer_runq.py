@@ -55,6 +55,7 @@ def test_runq_delay_matches_schedstat(tmp_path):
     try:
         tracer = start_tracer(TracerConfig(ports=[random_port()], runq_threshold_ms=0), tmp_path)
         tracer.add_pids([sleeper.pid])
+        tracer_probe = tracer.probes["runq_delay"]
         time.sleep(0.2)  # the sleeper gets switched out once, so its thread is known
         sleeper.stdin.write("go\n")
         sleeper.stdin.flush()
@@ -77,6 +78,8 @@ def test_runq_delay_matches_schedstat(tmp_path):
     assert waits_after - waits_before >= 300  # one per sleep at least
     assert len(delays) >= 100  # most of them behind the hog
     assert (delays.value > 0).all()
+    if tracer_probe == "raw_tracepoint":  # the hog, pinned to the same CPU, had it (reason)
+        assert (delays.reason == hog.pid).mean() >= 0.9, delays.reason.value_counts()
     # the waits in the window add up to the kernel's total (events are stamped when the wait
     # ended, so one that straddles a window edge may fall on either side)
     assert abs(delays.value.sum() - truth) < 0.05 * truth, (delays.value.sum(), truth)

@@ -105,7 +105,7 @@ BPF_ARRAY(pids, struct pid_word, PID_WORDS);
 #define TASK_SLOTS 65536
 struct task_slot {
 	u32 tid;
-	u32 pad;
+	u32 holder;    /* the task that was switched out for this one at its last switch-in */
 	u64 pcount;    /* sched_info.pcount at the thread's last switch-out */
 	u64 run_delay; /* sched_info.run_delay (ns) then */
 };

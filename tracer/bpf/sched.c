@@ -6,8 +6,11 @@
  * enough: at each sched_switch, the thread switched out (the current task) has had exactly one
  * wait since its previous switch-out, the one before the run slice now ending; its length is
  * the growth of run_delay. It ended when the slice began: now minus the slice's CPU time
- * (se.sum_exec_runtime - se.prev_sum_exec_runtime). No wakeup probe, no struct read of the
- * next task, and an untraced thread costs two array lookups.
+ * (se.sum_exec_runtime - se.prev_sum_exec_runtime). No wakeup probe; an untraced thread costs
+ * two array lookups. The task that had the CPU when the wait ended is the one switched out for
+ * it: with raw tracepoints, each switch reads the next task's pid, and a traced one's slot
+ * keeps the outgoing tid (one read and one array lookup more per switch); the event carries it
+ * in `reason` (0: not known, or the CPU was idle).
  *
  * A thread is traced once its process is (pids map: user-given or learned from a connect() or
  * accept() on a traced port) or it runs in the traced cgroup; its first switch-out records a
@@ -100,6 +103,7 @@ static __always_inline int handle_switch_out(void *ctx)
 		bpf_get_current_comm(ev.comm, sizeof(ev.comm));
 		ev.value = d;
 		ev.value2 = bpf_get_smp_processor_id();
+		ev.reason = t->holder;
 		if (ran[0] > ran[1] && ev.t_ns > ran[0] - ran[1])
 			ev.t_ns -= ran[0] - ran[1]; /* when the wait ended: the slice's start */
 		submit_event(ctx, &ev);
@@ -130,8 +134,23 @@ int raw_sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
 	return handle_wakeup_new(pid);
 }
 
+/* The next task's wait ends now: the current one (being switched out) had the CPU. */
+static __always_inline void note_holder(const char *next)
+{
+	u32 pid = 0;
+	struct task_slot *t;
+	bpf_probe_read_kernel(&pid, sizeof(pid), next + OFF_TASK_PID);
+	if (!pid)
+		return;
+	t = slot_of(pid);
+	if (t && t->tid == pid)
+		t->holder = (u32)bpf_get_current_pid_tgid();
+}
+
 int raw_sched_switch(struct bpf_raw_tracepoint_args *ctx)
 {
-	return handle_switch_out(ctx);
+	handle_switch_out(ctx);
+	note_holder((const char *)ctx->args[2]); /* sched_switch(preempt, prev, next, ...) */
+	return 0;
 }
 #endif
