@@ -56,3 +56,14 @@ def test_explain_command_prints_the_note():
     res = CliRunner().invoke(cli, ["explain", str(DATA), "1073"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "outside this transaction" in res.output and "Not a spike" in res.output
+
+
+def test_run_queue_sentence_names_the_thread_that_had_the_cpu():
+    from analysis.causes_transfer import runq_sentences
+
+    (text,) = runq_sentences([7], ["server"], [4123], ["postgres"], [1], [150_000_000], [151_000_000],
+                             holder=[555], names={555: "hog"})
+    assert "(thread 555 (hog) had the CPU when it got it; it then ran on CPU 1)" in text
+    (text,) = runq_sentences([7], ["server"], [4123], ["postgres"], [1], [150_000_000], [151_000_000],
+                             holder=[556], names={})
+    assert "(thread 556 had the CPU when it got it;" in text
