@@ -18,7 +18,7 @@
 #          --timeout S  per guest (default 1500)        --memory SIZE  per guest (default 4G)
 #          --tests "PYTEST ARGS"  what pytest runs in each guest (default: tests/kernels)
 #          --extended   also the guest tests CI leaves out (km_extended), and every end-to-end
-#                       run on every kernel (by default two per kernel: E2E_PLAN below)
+#                       run on every kernel (by default one per kernel: E2E_PLAN below)
 # SPIKETRACE_KM_* and SPIKETRACE_TEST_* variables (test sizes) are passed on to the guests.
 # Under CI (CI=true) a kernel whose packages cannot be fetched fails; elsewhere it is skipped.
 # Needs root and `scripts/install.sh --test` (qemu-system-x86, virtme-ng, kmod, udev, busybox).

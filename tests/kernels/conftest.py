@@ -12,7 +12,7 @@ Tests marked `km_extended` repeat what the others already cover on the kernels o
 they run with `scripts/kernel-matrix.sh --extended` (SPIKETRACE_KM_EXTENDED=1), so that CI's
 three kernels fit in its time. For the same reason the end-to-end runs (marked `km_e2e(name)`:
 syn-loss, listen-overflow, original, 2-4 min each in a guest) are spread over the kernels by
-kernel-matrix.sh, two per kernel (SPIKETRACE_KM_E2E); --extended runs all of them everywhere."""
+kernel-matrix.sh, one per kernel (SPIKETRACE_KM_E2E); --extended runs all of them everywhere."""
 from __future__ import annotations
 
 import os
