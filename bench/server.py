@@ -354,8 +354,10 @@ class ServerProcess:
 
 
 def start_server_process(opts: ServerOptions, run_dir: Optional[os.PathLike] = None,
-                         netns: Optional[str] = None, start_timeout: float = 30.0) -> ServerProcess:
-    """Start the server in a child process; return once it listens.
+                         netns: Optional[str] = None, start_timeout: float = 120.0) -> ServerProcess:
+    """Start the server in a child process; return once it listens. A server that cannot listen
+    says so at once; `start_timeout` only bounds a hang (a spawned child imports the project
+    afresh: seconds on a loaded host, a minute under qemu's TCG in the kernel matrix).
 
     Raises `SpikeTraceError` if it cannot listen (port in use, bad address, bad options).
     """
