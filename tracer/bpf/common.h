@@ -105,7 +105,7 @@ BPF_ARRAY(pids, struct pid_word, PID_WORDS);
 #define TASK_SLOTS 65536
 struct task_slot {
 	u32 tid;
-	u32 holder;    /* the task that was switched out for this one at its last switch-in */
+	u32 pad;
 	u64 pcount;    /* sched_info.pcount at the thread's last switch-out */
 	u64 run_delay; /* sched_info.run_delay (ns) then */
 };
@@ -130,6 +130,19 @@ BPF_PERCPU_ARRAY(hists, u64, HIST_N * HIST_BUCKETS);
 #ifdef FILTER_CGROUP
 BPF_CGROUP_ARRAY(cgroup_filter, 1);
 #endif
+
+/* The 4-tuple as a socket sees it (s = local), host byte order ports; `net` is the socket's
+ * struct net * when the tuple was read from the socket itself (its namespace then costs one read
+ * less), 0 when it came from a tracepoint record or a tracked connection. */
+struct st_tuple {
+	u8 saddr[16];
+	u8 daddr[16];
+	u16 sport;
+	u16 dport;
+	u16 family;
+	u16 pad;
+	u64 net;
+};
 
 /* ---- small helpers ---- */
 static __always_inline void count(u32 slot)
@@ -200,10 +213,14 @@ static __always_inline void conn_release(struct st_conn *c)
 
 static __always_inline void pending_add(s64 d)
 {
+#if defined(USE_RAW_ACCEPT_WAIT) && !defined(USE_RAW_CONN_LIFE)
+	/* its only reader, the recvmsg probe without connection life (rawtp.c): a counter every CPU
+	 * writes costs a cache line moving between them at each connection */
 	u32 zero = 0;
 	s64 *n = pending_accepts.lookup(&zero);
 	if (n)
 		__sync_fetch_and_add(n, d);
+#endif
 }
 
 static __always_inline s64 pending_count(void)
@@ -252,13 +269,23 @@ static __always_inline void *read_ptr(const void *base, u32 off)
 
 /* netns inode of a socket: sk->__sk_common.skc_net.net->ns.inum. Timer-driven events run with
  * no useful current task, so the socket decides the namespace, never the task. */
-static __always_inline u32 sk_netns(const void *sk)
+static __always_inline u32 net_inum(const void *net)
 {
 	u32 inum = 0;
-	void *net = read_ptr(sk, OFF_SKC_NET);
 	if (net)
 		bpf_probe_read_kernel(&inum, sizeof(inum), (char *)net + OFF_NET_INUM);
 	return inum;
+}
+
+static __always_inline u32 sk_netns(const void *sk)
+{
+	return net_inum(read_ptr(sk, OFF_SKC_NET));
+}
+
+/* The same, from a tuple read from the socket when there is one. */
+static __always_inline u32 sk_netns_of(const void *sk, const struct st_tuple *t)
+{
+	return t->net ? net_inum((const void *)t->net) : sk_netns(sk);
 }
 
 /* netns inode of the current task: current->nsproxy->net_ns->ns.inum */
@@ -359,14 +386,14 @@ static __always_inline void learn_pid(u32 tgid)
 /* Scope of a socket not tracked yet: its ports, then its netns. With a task filter, sockets
  * are tracked from the connect() or take-up of a task in scope instead: an untracked socket is
  * another task's. */
-static __always_inline int sock_scope(const void *sk, u16 sport, u16 dport, u32 *netns)
+static __always_inline int sock_scope(const void *sk, const struct st_tuple *t, u32 *netns)
 {
 #ifdef TASK_FILTER
 	return 0;
 #endif
-	if (!ports_in_scope(sport, dport))
+	if (!ports_in_scope(t->sport, t->dport))
 		return 0;
-	*netns = sk_netns(sk);
+	*netns = sk_netns_of(sk, t);
 	return netns_in_scope(*netns);
 }
 
@@ -391,19 +418,11 @@ static __always_inline int packet_ports_in_scope(u16 lport, u16 rport)
 #endif
 }
 
-/* The 4-tuple as a socket sees it (s = local), host byte order ports. */
-struct st_tuple {
-	u8 saddr[16];
-	u8 daddr[16];
-	u16 sport;
-	u16 dport;
-	u16 family;
-	u16 pad;
-};
 
-/* Tuple from a struct sock_common through BTF offsets. A request socket (NEW_SYN_RECV)
- * has its local port in skc_num; a full socket keeps it in inet_sport, which, unlike skc_num,
- * survives the port's release when the socket moves to CLOSE. */
+/* Tuple from a struct sock_common through BTF offsets. A request socket (NEW_SYN_RECV), and a
+ * socket being born (SYN_SENT: no port yet; SYN_RECV), has its local port in skc_num; a full
+ * socket keeps it in inet_sport, which, unlike skc_num, survives the port's release when the
+ * socket moves to CLOSE (full = 1: one read more). */
 static __always_inline void sk_read_tuple_common(const void *sk, struct st_tuple *t, int full)
 {
 	u8 b[SKC_SPAN]; /* sock_common up to its last field we use: one read, not eight */
@@ -411,6 +430,7 @@ static __always_inline void sk_read_tuple_common(const void *sk, struct st_tuple
 
 	bpf_probe_read_kernel(b, sizeof(b), sk);
 	t->family = *(u16 *)(b + OFF_SKC_FAMILY);
+	t->net = *(u64 *)(b + OFF_SKC_NET);
 	if (full) {
 		bpf_probe_read_kernel(&port, 2, (char *)sk + OFF_INET_SPORT);
 		t->sport = st_ntohs(port);

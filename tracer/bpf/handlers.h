@@ -23,6 +23,17 @@ static __always_inline void ensure_tuple(const void *sk, struct st_tuple *t, int
 	}
 }
 
+/* The same for a socket not tracked yet: one being born (SYN_SENT, SYN_RECV) has its local
+ * port in sock_common, which is read anyway. */
+static __always_inline void ensure_new_tuple(const void *sk, int newstate, struct st_tuple *t,
+					     int *have)
+{
+	if (!*have) {
+		sk_read_tuple_common(sk, t, newstate != ST_TCP_SYN_SENT && newstate != ST_TCP_SYN_RECV);
+		*have = 1;
+	}
+}
+
 static __always_inline void conn_tuple(const struct st_conn *c, struct st_tuple *t)
 {
 	__builtin_memcpy(t->saddr, c->saddr, 16);
@@ -32,17 +43,22 @@ static __always_inline void conn_tuple(const struct st_conn *c, struct st_tuple 
 	t->family = c->family;
 }
 
-/* connect() picks the local port after CLOSE -> SYN_SENT: fill it in once it exists. */
-static __always_inline void conn_fix_port(struct st_conn *c, const void *sk, struct st_tuple *t,
-					  int *have)
+/* connect() picks the local port after CLOSE -> SYN_SENT (its source address is chosen
+ * before): fill the port in once it exists, from the record if there is one, else with one read
+ * of inet_sport. */
+static __always_inline void conn_fix_port(struct st_conn *c, const void *sk,
+					  const struct st_tuple *t, int have)
 {
+	u16 port = 0;
 	if (c->sport)
 		return;
-	ensure_tuple(sk, t, have);
-	if (t->sport) {
-		c->sport = t->sport;
-		__builtin_memcpy(c->saddr, t->saddr, 16);
+	if (have) {
+		port = t->sport;
+	} else {
+		bpf_probe_read_kernel(&port, 2, (char *)sk + OFF_INET_SPORT);
+		port = st_ntohs(port);
 	}
+	c->sport = port;
 }
 
 /* ---- connection tracking: one st_conn per socket, from its first state to CLOSE ---- */
@@ -152,7 +168,7 @@ static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u
  * server one (SYN_RECV, softirq) unclaimed until a task takes it up (common.h), one first seen
  * late only when a task in scope closes it (the transitions a close() makes in its context). */
 static __always_inline int new_sock_in_scope(const void *sk, int newstate, struct st_tuple *t,
-					     int *have, u32 *netns)
+					     int *have, u32 *netns, int tcp)
 {
 #ifdef TASK_FILTER
 	if (newstate != ST_TCP_SYN_RECV && !task_in_scope(bpf_get_current_pid_tgid() >> 32))
@@ -160,15 +176,15 @@ static __always_inline int new_sock_in_scope(const void *sk, int newstate, struc
 	if (newstate != ST_TCP_SYN_SENT && newstate != ST_TCP_SYN_RECV &&
 	    newstate != ST_TCP_FIN_WAIT1 && newstate != ST_TCP_LAST_ACK)
 		return 0;
-	ensure_tuple(sk, t, have);
+#endif
+	ensure_new_tuple(sk, newstate, t, have);
 	if (!ports_in_scope(t->sport, t->dport))
 		return 0;
-	*netns = sk_netns(sk);
+	/* the reads last: on a busy host most sockets are out of scope by their ports */
+	if (!tcp && sk_read_protocol(sk) != ST_IPPROTO_TCP)
+		return 0;
+	*netns = sk_netns_of(sk, t);
 	return netns_in_scope(*netns);
-#else
-	ensure_tuple(sk, t, have);
-	return sock_scope(sk, t->sport, t->dport, netns);
-#endif
 }
 
 /* ---- connect() errors, from the client socket's SYN_SENT -> CLOSE ----
@@ -287,9 +303,7 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 		netns = c->netns;
 		now = bpf_ktime_get_ns();
 	} else {
-		if (!tcp && sk_read_protocol(sk) != ST_IPPROTO_TCP)
-			return 0;
-		if (!new_sock_in_scope(sk, newstate, t, &have, &netns))
+		if (!new_sock_in_scope(sk, newstate, t, &have, &netns, tcp))
 			return 0;
 		now = bpf_ktime_get_ns();
 		if (newstate != ST_TCP_CLOSE)
@@ -309,7 +323,7 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 	if (!c)
 		return 0;
 	c->state = newstate;
-	conn_fix_port(c, sk, t, &have);
+	conn_fix_port(c, sk, t, have);
 	if (newstate == ST_TCP_ESTABLISHED && !c->t_established) {
 		c->t_established = now;
 		if (c->role == ROLE_CLIENT && c->t_open) {
@@ -356,7 +370,7 @@ static __always_inline int handle_retransmit(void *ctx, const void *sk, int stat
 
 	if (c) {
 		netns = c->netns;
-		conn_fix_port(c, sk, t, &have);
+		conn_fix_port(c, sk, t, have);
 		conn_tuple(c, t);
 		nth = state == ST_TCP_SYN_SENT ? ++c->syn_retrans : ++c->retrans;
 		c->flags |= CONN_RETRANS;
@@ -369,11 +383,11 @@ static __always_inline int handle_retransmit(void *ctx, const void *sk, int stat
 		 * (a full accept queue), evidence about the traced server */
 		if (state != ST_TCP_SYN_SENT || !packet_ports_in_scope(t->dport, t->sport))
 			return 0;
-		netns = sk_netns(sk);
+		netns = sk_netns_of(sk, t);
 		if (!netns_in_scope(netns))
 			return 0;
 #else
-		if (!sock_scope(sk, t->sport, t->dport, &netns))
+		if (!sock_scope(sk, t, &netns))
 			return 0;
 #endif
 	}
@@ -458,10 +472,12 @@ static __always_inline int handle_reset_received(void *ctx, const void *sk, stru
 			conn_tuple(c, t);
 	} else {
 		ensure_tuple(sk, t, &have);
-		if (!sock_scope(sk, t->sport, t->dport, &netns))
+		if (!sock_scope(sk, t, &netns))
 			return 0;
 	}
-	return emit_reset(ctx, KIND_RESET_RECEIVED, sk, c, netns, sk_read_state(sk), 0, t);
+	/* a tracked socket's state is its last one seen: every change of it is traced */
+	return emit_reset(ctx, KIND_RESET_RECEIVED, sk, c, netns, c ? c->state : sk_read_state(sk),
+			  0, t);
 }
 
 /* tcp:tcp_send_reset: sk is NULL for a reset answering a packet no socket wanted. Without a
@@ -493,7 +509,7 @@ static __always_inline int handle_reset_sent(void *ctx, const void *sk, const vo
 	if (c) {
 		netns = c->netns;
 	} else if (sk) {
-		if (!sock_scope(sk, t->sport, t->dport, &netns))
+		if (!sock_scope(sk, t, &netns))
 			return 0;
 	} else {
 		if (!packet_ports_in_scope(t->sport, t->dport))
@@ -557,28 +573,27 @@ static __always_inline void thread_times(u64 *ran, u64 *waited)
 #endif
 }
 
-/* sock_recv_length / sock_send_length (6.3+): this side read or wrote `ret` bytes of data. The
- * first read and write, and the longest hold: from a read to the next write (a server's
- * processing of a request, with the thread that replied and that thread's own time in it:
- * running, runnable; the rest it was off the CPU). Only tracked connections. */
-static __always_inline int handle_io(const void *sk, int ret, int write)
+/* sock_recv_length / sock_send_length (6.3+): this side of tracked connection `c` read or wrote
+ * `ret` bytes of data at `now`. The first read and write, and the longest hold: from a read to
+ * the next write (a server's processing of a request, with the thread that replied and, for a
+ * server, that thread's own time in it: running, runnable; the rest it was off the CPU; the
+ * analysis splits only the server's hold, so a client's costs no task reads). */
+static __always_inline int handle_io(struct st_conn *c, int ret, int write, u64 now)
 {
-	struct st_conn *c;
-	u64 now, ran, waited;
+	u64 ran = ~0ULL, waited = ~0ULL;
 	u32 tid;
 
 	if (ret <= 0)
 		return 0;
-	c = conn_find(sk);
-	if (!c)
-		return 0;
-	now = bpf_ktime_get_ns();
 	tid = (u32)bpf_get_current_pid_tgid();
 	if (!write) {
 		if (!c->t_first_read)
 			c->t_first_read = now;
 		c->t_last_read = now;
-		thread_times(&c->read_ran, &c->read_waited);
+		if (c->role == ROLE_SERVER)
+			thread_times(&ran, &waited);
+		c->read_ran = ran;
+		c->read_waited = waited;
 		c->read_tid = tid;
 		return 0;
 	}
@@ -588,8 +603,9 @@ static __always_inline int handle_io(const void *sk, int ret, int write)
 		c->hold_ns = now - c->t_last_read;
 		c->hold_end = now;
 		c->hold_tid = tid;
-		thread_times(&ran, &waited);
-		if (tid == c->read_tid && ran != ~0ULL && c->read_ran != ~0ULL) {
+		if (c->role == ROLE_SERVER && tid == c->read_tid && c->read_ran != ~0ULL)
+			thread_times(&ran, &waited);
+		if (ran != ~0ULL) {
 			c->hold_ran = ran - c->read_ran;
 			c->hold_waited = waited - c->read_waited;
 		} else {
@@ -605,9 +621,8 @@ static __always_inline int handle_io(const void *sk, int ret, int write)
  * (sock_recv_length / sock_send_length) it first read or wrote it. The wait since its
  * ESTABLISHED. With a task filter, this is where an unclaimed connection (common.h) is kept,
  * and its port learned as served, or dropped: another task's. */
-static __always_inline int handle_accepted(void *ctx, struct st_conn *c)
+static __always_inline int take_up(void *ctx, struct st_conn *c, u64 now)
 {
-	u64 now;
 	if (!c || c->role != ROLE_SERVER || (c->flags & CONN_ACCEPTED))
 		return 0;
 	u64 id = bpf_get_current_pid_tgid();
@@ -627,7 +642,8 @@ static __always_inline int handle_accepted(void *ctx, struct st_conn *c)
 	if (!c->t_established)
 		return 0;
 	pending_add(-1);
-	now = bpf_ktime_get_ns();
+	if (!now)
+		now = bpf_ktime_get_ns();
 	hist_add(HIST_ACCEPT_WAIT, now - c->t_established);
 	if (now - c->t_established > ACCEPT_THRESHOLD_NS) {
 		struct st_event ev;
@@ -641,6 +657,11 @@ static __always_inline int handle_accepted(void *ctx, struct st_conn *c)
 		submit_event(ctx, &ev);
 	}
 	return 0;
+}
+
+static __always_inline int handle_accepted(void *ctx, struct st_conn *c)
+{
+	return take_up(ctx, c, 0);
 }
 
 #endif /* SPIKETRACE_HANDLERS_H */

@@ -51,7 +51,7 @@ int kp_tcp_time_wait(struct pt_regs *ctx)
 		conn_tuple(c, &t);
 	} else {
 		sk_read_tuple(sk, &t);
-		if (!sock_scope(sk, t.sport, t.dport, &netns))
+		if (!sock_scope(sk, &t, &netns))
 			return 0;
 	}
 	emit_time_wait(ctx, c, netns, &t, sk_read_state(sk));

@@ -93,27 +93,38 @@ int raw_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
 
 #ifdef USE_RAW_CONN_LIFE
 /* sock_recv_length(struct sock *sk, int ret, int flags) / sock_send_length(sk, ret, flags),
- * 6.3+: every recvmsg / sendmsg; a tracked connection's conversation (handle_io). */
-int raw_conn_recv(struct bpf_raw_tracepoint_args *ctx)
+ * 6.3+: every recvmsg / sendmsg; a tracked connection's conversation (handle_io). One program
+ * per raw tracepoint (BCC), so the accept wait's take-up is here too: a server's first read, or
+ * its first write if it speaks first (a greeting). The connection is looked up anyway, so the
+ * `pending_accepts` gate is not needed (nor kept: a counter every CPU writes costs a cache line
+ * moving between them at each connection). */
+static __always_inline int conn_io(void *ctx, int write)
 {
 	const void *sk = (const void *)RAW_ARG(ctx, 0);
+	struct st_conn *c = conn_find(sk);
+	u64 now;
+
+	if (!c)
+		return 0;
+	now = bpf_ktime_get_ns();
 #ifdef USE_RAW_ACCEPT_WAIT
-	/* one program per raw tracepoint (BCC): the accept wait's first read is taken here too */
-	if (pending_count() > 0)
-		handle_accepted(ctx, conn_find(sk));
+	if (c->role == ROLE_SERVER && !(c->flags & CONN_ACCEPTED)) {
+		take_up(ctx, c, now);
+		if (((struct conn_slot *)c)->sk != (u64)sk)
+			return 0; /* another task's: dropped */
+	}
 #endif
-	return handle_io(sk, (int)RAW_ARG(ctx, 1), 0);
+	return handle_io(c, (int)RAW_ARG(ctx, 1), write, now);
+}
+
+int raw_conn_recv(struct bpf_raw_tracepoint_args *ctx)
+{
+	return conn_io(ctx, 0);
 }
 
 int raw_conn_send(struct bpf_raw_tracepoint_args *ctx)
 {
-	const void *sk = (const void *)RAW_ARG(ctx, 0);
-#ifdef USE_RAW_ACCEPT_WAIT
-	/* a server that speaks first (a greeting) takes its connection up with a write */
-	if (pending_count() > 0)
-		handle_accepted(ctx, conn_find(sk));
-#endif
-	return handle_io(sk, (int)RAW_ARG(ctx, 1), 1);
+	return conn_io(ctx, 1);
 }
 #endif
 

@@ -8,9 +8,10 @@
  * the growth of run_delay. It ended when the slice began: now minus the slice's CPU time
  * (se.sum_exec_runtime - se.prev_sum_exec_runtime). No wakeup probe; an untraced thread costs
  * two array lookups. The task that had the CPU when the wait ended is the one switched out for
- * it: with raw tracepoints, each switch reads the next task's pid, and a traced one's slot
- * keeps the outgoing tid (one read and one array lookup more per switch); the event carries it
- * in `reason` (0: not known, or the CPU was idle).
+ * it: with raw tracepoints, each switch notes in a per-CPU slot the incoming task's address and
+ * the outgoing tid (no read); the thread switched out next on that CPU is the one that came in
+ * (it ran in between), so its slot still names the holder. The event carries it in `reason`
+ * (0: not known, or the CPU was idle).
  *
  * A thread is traced once its process is (pids map: user-given or learned from a connect() or
  * accept() on a traced port) or it runs in the traced cgroup; its first switch-out records a
@@ -63,6 +64,22 @@ struct st_sched_info {
 	u64 run_delay;
 };
 
+/* The switch that put a task on this CPU (raw tracepoints: `next` and the tid switched out). */
+struct switch_in {
+	u64 next;
+	u32 prev;
+	u32 pad;
+};
+BPF_PERCPU_ARRAY(switched_in, struct switch_in, 1);
+
+/* The thread that had this CPU when `task`, running now, was switched in; 0 if not known. */
+static __always_inline u32 holder_of(const char *task)
+{
+	u32 zero = 0;
+	struct switch_in *s = switched_in.lookup(&zero);
+	return s && s->next == (u64)task ? s->prev : 0;
+}
+
 static __always_inline int handle_switch_out(void *ctx)
 {
 	u64 id = bpf_get_current_pid_tgid(), d, n;
@@ -103,7 +120,7 @@ static __always_inline int handle_switch_out(void *ctx)
 		bpf_get_current_comm(ev.comm, sizeof(ev.comm));
 		ev.value = d;
 		ev.value2 = bpf_get_smp_processor_id();
-		ev.reason = t->holder;
+		ev.reason = holder_of(task);
 		if (ran[0] > ran[1] && ev.t_ns > ran[0] - ran[1])
 			ev.t_ns -= ran[0] - ran[1]; /* when the wait ended: the slice's start */
 		submit_event(ctx, &ev);
@@ -135,22 +152,20 @@ int raw_sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
 }
 
 /* The next task's wait ends now: the current one (being switched out) had the CPU. */
-static __always_inline void note_holder(const char *next)
+static __always_inline void note_holder(u64 next)
 {
-	u32 pid = 0;
-	struct task_slot *t;
-	bpf_probe_read_kernel(&pid, sizeof(pid), next + OFF_TASK_PID);
-	if (!pid)
-		return;
-	t = slot_of(pid);
-	if (t && t->tid == pid)
-		t->holder = (u32)bpf_get_current_pid_tgid();
+	u32 zero = 0;
+	struct switch_in *s = switched_in.lookup(&zero);
+	if (s) {
+		s->next = next;
+		s->prev = (u32)bpf_get_current_pid_tgid();
+	}
 }
 
 int raw_sched_switch(struct bpf_raw_tracepoint_args *ctx)
 {
 	handle_switch_out(ctx);
-	note_holder((const char *)ctx->args[2]); /* sched_switch(preempt, prev, next, ...) */
+	note_holder(ctx->args[2]); /* sched_switch(preempt, prev, next, ...) */
 	return 0;
 }
 #endif
