@@ -161,11 +161,12 @@ def match(app: AppLog, k: pd.DataFrame, meta, span: Tuple[int, int], window_ns: 
         taken = used | barred
         _match_by_time(by_time, centre, dur, other, k_sport, k_open, k_life, taken.copy(), win, conn, how,
                        dist, res=res)
-        owner = _file_owner(e["worker"].to_numpy(), by_time, conn, k)
+        k_ids = _ids(k)
+        owner = _file_owner(e["worker"].to_numpy(), by_time, conn, k_ids)
         if owner.any():  # again, each file's entries among its own thread's or process's connections
             conn[by_time], how[by_time], dist[by_time] = -1, "none", -1
             _match_by_time(by_time, centre, dur, other, k_sport, k_open, k_life, taken.copy(), win, conn,
-                           how, dist, res=res, owner=owner, k_ids=_ids(k))
+                           how, dist, res=res, owner=owner, k_ids=k_ids)
         used[conn[by_time][conn[by_time] >= 0]] = True
     # 3. by order (no time, no port)
     t_start = np.where(start >= 0, centre - res // 2, start)

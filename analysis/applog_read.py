@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import SpikeTraceError
+from common.vocab import LOG_FORMATS
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -55,7 +56,7 @@ class AppLog:
 
 
 # ---- reading ------------------------------------------------------------------------------
-FORMATS = ("ab-g", "pgbench-l", "nginx-access", "apache-access", "plain", "csv", "tsv", "columns", "jsonl")
+FORMATS = LOG_FORMATS
 # common / combined log format with the request's time as the last field
 _ACCESS = re.compile(r'^\S+ \S+ \S+ \[(?P<time>[^\]]+)\] "[^"]*" \d{3} \S+(?: "[^"]*" "[^"]*")?.* (?P<dur>[0-9.]+)$')
 AB_G_HEADER = ["starttime", "seconds", "ctime", "dtime", "ttime", "wait"]

@@ -74,14 +74,13 @@ def _ids(k: pd.DataFrame) -> np.ndarray:
     return np.column_stack(cols) if len(k) else np.zeros((0, 2), np.int64)
 
 
-def _file_owner(workers: np.ndarray, idx: np.ndarray, conn: np.ndarray, k: pd.DataFrame) -> np.ndarray:
+def _file_owner(workers: np.ndarray, idx: np.ndarray, conn: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """(entries, 2): per entry, the client thread (column 0) or process (column 1) its log file
     belongs to, 0 where not known. A log file is one client's (ab: a process; pgbench -l with
     -j: one file per thread): when most of a file's entries matched by time (a first pass, among
     look-alikes) met one thread's connections (>= 60%, at least 3, three times the next thread's),
     that thread is the file's, else the same for processes; an entry that met another's
-    connection met a look-alike."""
-    ids = _ids(k)
+    connection met a look-alike. `ids`: the kernel connections' `_ids`."""
     owner = np.zeros((len(workers), 2), np.int64)
     m = idx[conn[idx] >= 0]
     for w in np.unique(workers[m]).tolist():

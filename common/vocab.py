@@ -10,6 +10,10 @@ from __future__ import annotations
 import errno as _errno
 from typing import Any, Dict, Mapping, Optional
 
+# ---- application logs `report --log` reads (analysis/applog_read.py; docs/your-application.md) --
+LOG_FORMATS = ("ab-g", "pgbench-l", "nginx-access", "apache-access", "plain", "csv", "tsv",
+               "columns", "jsonl")
+
 # ---- TCP states (include/net/tcp_states.h) ----------------------------------------------------
 TCP_STATES: Dict[int, str] = {
     1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",

@@ -188,8 +188,8 @@ def decode_conns(raw: bytes) -> Dict[str, list]:
         "hold_ns": a["hold_ns"].astype(np.int64).tolist(),
         "hold_end": a["hold_end"].astype(np.int64).tolist(),
         "hold_tid": a["hold_tid"].astype(np.int32).tolist(),
-        "hold_ran_ns": _known(a["hold_ran"]),
-        "hold_wait_ns": _known(a["hold_waited"]),
+        "hold_ran_ns": _unknown_as_minus_one(a["hold_ran"]),
+        "hold_wait_ns": _unknown_as_minus_one(a["hold_waited"]),
         "tid": a["tid"].astype(np.int32).tolist(),
         "syn_retrans": a["syn_retrans"].astype(np.int32).tolist(),
         "retrans": a["retrans"].astype(np.int32).tolist(),
@@ -198,7 +198,7 @@ def decode_conns(raw: bytes) -> Dict[str, list]:
     }
 
 
-def _known(v: np.ndarray) -> list:
+def _unknown_as_minus_one(v: np.ndarray) -> list:
     """A u64 where all ones means unknown -> int64 with -1 for unknown."""
     return np.where(v == np.iinfo(np.uint64).max, -1, v.astype(np.int64)).astype(np.int64).tolist()
 

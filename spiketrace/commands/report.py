@@ -7,10 +7,10 @@ import click
 
 from common.errors import SpikeTraceError
 from common.text import printable
+from common.vocab import LOG_FORMATS
 from spiketrace.commands.params import Duration, Formats, Percentile, Relative
 
 REPORT_FORMATS = ("terminal", "md", "html", "json", "parquet")
-LOG_FORMATS = ("ab-g", "pgbench-l", "nginx-access", "apache-access", "plain", "csv", "tsv", "columns", "jsonl")  # analysis.applog_read.FORMATS
 
 
 def analysis_options(f):

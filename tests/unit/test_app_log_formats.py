@@ -124,12 +124,6 @@ def test_a_given_clock_offset_is_used_and_said(tmp_path):
     assert not e["inferred"].any()
 
 
-def test_report_offers_every_format_the_reader_reads():
-    from spiketrace.commands.report import LOG_FORMATS
-
-    assert LOG_FORMATS == tuple(FORMATS)
-
-
 def test_access_logs_are_read_with_the_servers_time_and_their_kind_of_timestamp(tmp_path):
     """nginx: combined + $request_time (seconds; logged when the request ended); Apache:
     combined + %D (us; %t is when the request was received)."""

@@ -165,6 +165,31 @@ static __always_inline int handshake(struct flow_key *key, u32 kind, u64 now)
     return TC_ACT_OK;
 }
 
+#if MODE == 0 || MODE == 2
+/* A connection's first data segment to PORT (payload, seq = the client's ISN + 1) not seen yet
+ * as a recorded copy: 1, with the connection's key (seq 0) and the client's ISN; 0 for any
+ * other packet (a later copy of a recorded one is counted in its record: `bump`). */
+static __always_inline int first_data_segment(const struct iphdr *ip, u32 ihl,
+                                              const struct tcphdr *tcp, struct flow_key *key,
+                                              u64 now, struct flow_key *conn, u32 *client_isn)
+{
+    if (tcp->syn || tcp->rst || (PORT && key->dport != PORT))
+        return 0;
+    u32 payload = ntohs(ip->tot_len) - ihl - tcp->doff * 4;
+    if (payload == 0 || payload > 0xffff)
+        return 0;
+    if (bump(key, now))
+        return 0;
+    *conn = *key;
+    conn->seq = 0;
+    u32 *isn = isn_of.lookup(conn);
+    if (!isn || key->seq != *isn + 1)
+        return 0;
+    *client_isn = *isn;
+    return 1;
+}
+#endif
+
 int classify(struct __sk_buff *skb)
 {
     u16 h_proto;
@@ -204,17 +229,12 @@ int classify(struct __sk_buff *skb)
             return TC_ACT_OK;
         return handshake(&key, KIND_SYNACK, now);
     }
-    if (!tcp.syn && !tcp.rst && (!PORT || key.dport == PORT)) {
-        u32 payload = ntohs(ip.tot_len) - ihl - tcp.doff * 4;
-        if (payload == 0 || payload > 0xffff)
-            return TC_ACT_OK;
-        if (bump(&key, now))  /* a later copy of a first data segment seen twice */
-            return TC_ACT_OK;
-        struct flow_key conn = key;
-        conn.seq = 0;
-        u32 *isn = isn_of.lookup(&conn);
-        if (!isn || key.seq != *isn + 1)
-            return TC_ACT_OK;
+#endif
+#if MODE == 0 || MODE == 2
+    struct flow_key conn;
+    u32 client_isn;
+    if (first_data_segment(&ip, ihl, &tcp, &key, now, &conn, &client_isn)) {
+#if MODE == 0
         u64 *first = seen.lookup(&key);
         if (first) {  /* the first data segment again: retransmitted */
             record(&key, *first, now, 2, KIND_DATA);
@@ -222,27 +242,13 @@ int classify(struct __sk_buff *skb)
         } else {
             seen.update(&key, &now);
         }
-        return TC_ACT_OK;
-    }
-#endif
-#if MODE == 2
-    if (!tcp.syn && !tcp.rst && (!PORT || key.dport == PORT)) {
-        u32 payload = ntohs(ip.tot_len) - ihl - tcp.doff * 4;
-        if (payload == 0 || payload > 0xffff)
-            return TC_ACT_OK;
-        if (bump(&key, now))  /* the retransmission of a dropped segment */
-            return TC_ACT_OK;
-        struct flow_key conn = key;
-        conn.seq = 0;
-        u32 *isn = isn_of.lookup(&conn);
-        if (!isn || key.seq != *isn + 1)
-            return TC_ACT_OK;
-        u32 client_isn = *isn;
+#else
         isn_of.delete(&conn);  /* decide once per connection */
         if (chosen(key.sport, client_isn) && record(&key, now, now, 1, KIND_DATA)) {
             stat_inc(ST_DROPS);
             return TC_ACT_SHOT;
         }
+#endif
     }
 #endif
     return TC_ACT_OK;
