@@ -75,6 +75,9 @@ def main(argv=None) -> int:
         r = row(bench, t0, cpu0)
         rows.append(r)
         print("after the load:", json.dumps(r))
+        lost = {dict(labels).get("kind"): int(v) for (name, labels), v in bench.scrape().items()
+                if name == "spiketrace_lost_events_total" and v}
+        print("lost events by kind:", json.dumps(lost) if lost else "none")
     finally:
         inj.teardown()
         err = bench.close()

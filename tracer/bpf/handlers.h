@@ -285,7 +285,7 @@ static __always_inline s32 connect_errno(const void *sk, const struct st_conn *c
 static __always_inline int handle_state(void *ctx, const void *sk, int oldstate, int newstate,
 					struct st_tuple *t, int have, int tcp)
 {
-	u64 now;
+	u64 now = 0; /* read when needed: most changes of a tracked socket need no clock */
 	u32 netns = 0;
 	struct st_conn *c;
 
@@ -301,7 +301,6 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 	}
 	if (c) {
 		netns = c->netns;
-		now = bpf_ktime_get_ns();
 	} else {
 		if (!new_sock_in_scope(sk, newstate, t, &have, &netns, tcp))
 			return 0;
@@ -325,6 +324,8 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 	c->state = newstate;
 	conn_fix_port(c, sk, t, have);
 	if (newstate == ST_TCP_ESTABLISHED && !c->t_established) {
+		if (!now)
+			now = bpf_ktime_get_ns();
 		c->t_established = now;
 		if (c->role == ROLE_CLIENT && c->t_open) {
 			u64 d = now - c->t_open;
@@ -336,6 +337,8 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 			pending_add(1); /* (a TCP Fast Open child may be accepted before) */
 		}
 	} else if (newstate == ST_TCP_CLOSE) {
+		if (!now)
+			now = bpf_ktime_get_ns();
 		if (oldstate == ST_TCP_SYN_SENT && (c->flags & CONN_RESET))
 			c->flags |= CONN_REFUSED;
 		if (oldstate == ST_TCP_SYN_SENT && c->role == ROLE_CLIENT) {
