@@ -323,8 +323,8 @@ class Tracer:
     def stats(self, total: bool = False) -> TracerStats:
         """The tracer's counts so far, from the kernel's counters. The one computation of lost
         evidence: records that did not fit the output buffer (per kind, and connection
-        records), perf-buffer losses, connections left untracked (both their `conns` slots
-        held), and probe runs the kernel skipped (recursion misses). After stop(), the final
+        records), perf-buffer losses, connections left untracked (every slot of their
+        `conns` bucket held), and probe runs the kernel skipped (recursion misses). After stop(), the final
         counts. Since the last `rotate()` (the current segment), or since start if `total`."""
         if self._bpf is None:
             if total and self._stats is not None:

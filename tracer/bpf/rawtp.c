@@ -110,7 +110,7 @@ static __always_inline int conn_io(void *ctx, int write)
 #ifdef USE_RAW_ACCEPT_WAIT
 	if (c->role == ROLE_SERVER && !(c->flags & CONN_ACCEPTED)) {
 		take_up(ctx, c, now);
-		if (((struct conn_slot *)c)->sk != (u64)sk)
+		if (!conn_is(c, sk))
 			return 0; /* another task's: dropped */
 	}
 #endif

@@ -30,7 +30,7 @@
 #define CTR_CONN_SENT 1     /* ... of which sent to user space (slow or anomalous) */
 #define CTR_CONN_LOST 2     /* connection records that did not fit the output buffer */
 #define CTR_TIME_WAIT 3     /* entries into TIME_WAIT seen */
-#define CTR_CONN_UNTRACKED 4 /* connections not tracked: their two slots in `conns` were held */
+#define CTR_CONN_UNTRACKED 4 /* connections not tracked: every slot of their `conns` bucket was held */
 #define CTR_SENT_BASE 16    /* + kind: events submitted */
 #define CTR_LOST_BASE 32    /* + kind: events that did not fit the output buffer */
 #define CTR_MAX 48
