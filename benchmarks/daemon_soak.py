@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=5000.0, help="connections/s")
     ap.add_argument("--every", type=float, default=30.0, help="seconds between rows")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--metrics-out", default=None,
+                    help="write the daemon's last metrics scrape (Prometheus text) to this file")
     args = ap.parse_args(argv)
     import signal
 
@@ -78,6 +80,11 @@ def main(argv=None) -> int:
         lost = {dict(labels).get("kind"): int(v) for (name, labels), v in bench.scrape().items()
                 if name == "spiketrace_lost_events_total" and v}
         print("lost events by kind:", json.dumps(lost) if lost else "none")
+        if args.metrics_out:
+            import urllib.request
+
+            with urllib.request.urlopen(bench.url, timeout=10) as resp, open(args.metrics_out, "wb") as fh:
+                fh.write(resp.read())
     finally:
         inj.teardown()
         err = bench.close()
