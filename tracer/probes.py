@@ -35,7 +35,8 @@ _TUPLE = ("sport", "dport", "saddr", "daddr", "saddr_v6", "daddr_v6")
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     backend: str  # raw_tracepoint | tracepoint | fentry | fexit | kprobe | kretprobe | inferred | sampled
-    # tracepoint: ("category:event", fn, required fields); raw_tracepoint: ("event", fn, ());
+    # tracepoint: ("category:event", fn, required fields, "name:size" where the program reads
+    # it with that width); raw_tracepoint: ("event", fn, ());
     # kprobe, fentry: (kernel function, fn, ()); fentry's fn is the name BCC's KFUNC_PROBE /
     # KRETFUNC_PROBE gives it (kfunc__<function> / kretfunc__<function>)
     attach: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = ()
@@ -81,8 +82,10 @@ _LISTEN_OFFSETS = ("OFF_SK_ACK_BACKLOG", "OFF_SK_MAX_ACK_BACKLOG", "OFF_SKB_HEAD
 EVIDENCE: Tuple[Evidence, ...] = (
     Evidence("state_change", (
         _raw("inet_sock_set_state", "USE_RAW_STATE_CHANGE", 3, "OFF_SK_PROTOCOL"),
+        # tcp.c reads `protocol` as a u16: it was a __u8 until 5.6 (4.18's and 5.4's record
+        # put saddr right after it), so there the record cannot be read as it is
         Candidate("tracepoint", (_tp("sock:inet_sock_set_state", "tp_inet_sock_set_state",
-                                     ("skaddr", "oldstate", "newstate", "protocol",
+                                     ("skaddr", "oldstate", "newstate", "protocol:2",
                                       "family") + _TUPLE),),
                   "USE_TP_STATE_CHANGE"),
         Candidate("kprobe", (("tcp_set_state", "kp_tcp_set_state", ()),), "USE_KP_STATE_CHANGE"),
@@ -346,9 +349,15 @@ def _try(cand: Candidate, root: str, have_kprobes: bool) -> Tuple[Optional[Dict[
             fields = tracepoint_fields(event, root)
             if fields is None:
                 return None, f"no tracepoint {event}"
-            missing = [f for f in required if f not in fields]
+            names = [f.split(":")[0] for f in required]
+            missing = [f for f in names if f not in fields]
             if missing:
                 return None, f"tracepoint {event} lacks field(s) {', '.join(missing)}"
+            # "field:size": the program reads it with that width
+            for name, size in (f.split(":") for f in required if ":" in f):
+                if fields[name][1] != int(size):
+                    return None, (f"tracepoint {event} field {name} is {fields[name][1]} byte(s), "
+                                  f"the program reads {size}")
             defines.update(_tp_defines(event, fields))
     elif cand.backend in ("kprobe", "kretprobe"):
         if not have_kprobes:
