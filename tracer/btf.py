@@ -65,8 +65,9 @@ TRACER_OFFSETS: Dict[str, str] = {
     "OFF_SKB_PROTOCOL": "sk_buff.protocol",
     "OFF_SK_PROTOCOL": "sock.sk_protocol",
     "OFF_SK_ERR": "sock.sk_err",
-    # a listener's accept queue (sk_acceptq_is_full, include/net/sock.h): u16 before 5.6 (RHEL 8's
-    # 4.18), u32 since; kprobes.c reads the width their distance apart tells
+    # a listener's accept queue (sk_acceptq_is_full, include/net/sock.h): u32 in every kernel
+    # since at least 4.4 (DepSurf's struct sock); kprobes.c still reads the width their distance
+    # apart tells
     "OFF_SK_ACK_BACKLOG": "sock.sk_ack_backlog",
     "OFF_SK_MAX_ACK_BACKLOG": "sock.sk_max_ack_backlog",
     "OFF_DEV_ND_NET": "net_device.nd_net",

@@ -120,7 +120,7 @@ static __always_inline int listen_full(void *ctx, const void *sk, const void *sk
 	u32 netns, queue = 0, backlog = 0;
 
 #if OFF_SK_MAX_ACK_BACKLOG == OFF_SK_ACK_BACKLOG + 2
-	bpf_probe_read_kernel(&queue, 2, (const char *)sk + OFF_SK_ACK_BACKLOG); /* u16 (< 5.6) */
+	bpf_probe_read_kernel(&queue, 2, (const char *)sk + OFF_SK_ACK_BACKLOG); /* u16 (old) */
 	bpf_probe_read_kernel(&backlog, 2, (const char *)sk + OFF_SK_MAX_ACK_BACKLOG);
 #else
 	bpf_probe_read_kernel(&queue, 4, (const char *)sk + OFF_SK_ACK_BACKLOG);
