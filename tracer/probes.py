@@ -254,7 +254,7 @@ def raw_tracepoints_available() -> bool:
 
 # BPF_PROG_LOAD / BPF_RAW_TRACEPOINT_OPEN (include/uapi/linux/bpf.h), for the fentry probe below
 _BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 5, 17
-_BPF_PROG_TYPE_TRACING, _BPF_TRACE_FENTRY = 26, 24
+_BPF_PROG_TYPE_TRACING, _BPF_TRACE_FENTRY, _BPF_TRACE_FEXIT = 26, 24, 25
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 _FENTRY_PROBE_TARGET = "tcp_time_wait"  # any traceable kernel function BTF knows
 
@@ -277,21 +277,25 @@ def fentry_available() -> Tuple[bool, str]:
             return False, "no BPF trampolines (Linux < 5.5, not x86-64, or no kernel BTF)"
     except Exception as exc:
         return False, f"BCC cannot tell whether fentry works ({exc})"
-    return _try_fentry_load()
+    return function_attachable(_FENTRY_PROBE_TARGET)
 
 
-def _try_fentry_load() -> Tuple[bool, str]:
+@functools.lru_cache(maxsize=None)
+def function_attachable(func: str, exit: bool = False) -> Tuple[bool, str]:
+    """Whether an fentry (fexit) program attaches to kernel function `func`, tried as
+    `fentry_available` does: a function can be out of reach of trampolines where others are
+    not (6.1 refuses some with ENOTSUPP, error 524: more than 6 arguments, or not traceable)."""
     from tracer import btf
 
     nr = _SYS_BPF.get(platform.machine())
     if nr is None:
         return False, f"fentry not tried on {platform.machine()}"
     try:
-        target = btf.vmlinux().func_id(_FENTRY_PROBE_TARGET)
+        target = btf.vmlinux().func_id(func)
     except SpikeTraceError as exc:
         return False, str(exc)
     if target is None:
-        return False, f"no {_FENTRY_PROBE_TARGET} in BTF to try fentry on"
+        return False, f"no kernel function {func} in BTF"
     libc = ctypes.CDLL(None, use_errno=True)
     insns = ctypes.create_string_buffer(bytes.fromhex("b700000000000000" "9500000000000000"))
     license = ctypes.create_string_buffer(b"GPL")
@@ -302,19 +306,21 @@ def _try_fentry_load() -> Tuple[bool, str]:
     ctypes.memmove(ctypes.byref(attr, 4), ctypes.byref(ctypes.c_uint32(2)), 4)
     ctypes.memmove(ctypes.byref(attr, 8), ctypes.byref(ctypes.c_uint64(ctypes.addressof(insns))), 8)
     ctypes.memmove(ctypes.byref(attr, 16), ctypes.byref(ctypes.c_uint64(ctypes.addressof(license))), 8)
-    ctypes.memmove(ctypes.byref(attr, 68), ctypes.byref(ctypes.c_uint32(_BPF_TRACE_FENTRY)), 4)
+    attach_type = _BPF_TRACE_FEXIT if exit else _BPF_TRACE_FENTRY
+    ctypes.memmove(ctypes.byref(attr, 68), ctypes.byref(ctypes.c_uint32(attach_type)), 4)
     ctypes.memmove(ctypes.byref(attr, 108), ctypes.byref(ctypes.c_uint32(target)), 4)
     prog = libc.syscall(nr, _BPF_PROG_LOAD, attr, ctypes.sizeof(attr))
     if prog < 0:
         err = ctypes.get_errno()
-        return False, f"the kernel refuses fentry programs ({os.strerror(err)})"
+        return False, f"the kernel refuses fentry programs on {func} ({os.strerror(err)})"
     try:
         link_attr = ctypes.create_string_buffer(16)  # raw_tracepoint: name = 0, prog_fd
         ctypes.memmove(ctypes.byref(link_attr, 8), ctypes.byref(ctypes.c_uint32(prog)), 4)
         link = libc.syscall(nr, _BPF_RAW_TRACEPOINT_OPEN, link_attr, ctypes.sizeof(link_attr))
         if link < 0:
             err = ctypes.get_errno()
-            return False, f"the kernel refuses to attach fentry programs ({os.strerror(err)})"
+            return False, (f"the kernel refuses to attach fentry programs to {func} "
+                           f"({os.strerror(err) if err != 524 else 'ENOTSUPP'})")
         os.close(link)
     finally:
         os.close(prog)
@@ -374,6 +380,9 @@ def _try(cand: Candidate, root: str, have_kprobes: bool) -> Tuple[Optional[Dict[
             nargs = kernel.func_nargs(func)
             if nargs is None:
                 return None, f"no kernel function {func} in BTF"
+            ok, why = function_attachable(func, cand.backend == "fexit")
+            if not ok:
+                return None, why
             defines[f"FE_{func}_NARGS"] = nargs
     if cand.define:
         defines[cand.define] = 1

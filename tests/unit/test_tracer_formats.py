@@ -341,6 +341,7 @@ def test_function_probes_prefer_fentry_where_the_kernel_takes_it(release, tmp_pa
     monkeypatch.setattr(probes, "fentry_available",
                         lambda: (True, "") if FENTRY[release] else
                         (False, "no BPF trampolines (Linux < 5.5, not x86-64, or no kernel BTF)"))
+    monkeypatch.setattr(probes, "function_attachable", lambda func, exit=False: (True, ""))
     plan = probes.plan(root=write_tracefs(tmp_path, KERNELS[release]))
     want = ({"time_wait": "fentry", "accept_wait": "fexit", "listen_overflow": "fentry"}
             if FENTRY[release] else
@@ -357,6 +358,25 @@ def test_function_probes_prefer_fentry_where_the_kernel_takes_it(release, tmp_pa
                 "kp_tcp_v4_syn_recv_sock"} <= fns
         note = next(n for n in plan.notes if n.startswith("listen_overflow:"))
         assert "fentry: no BPF trampolines" in note, note
+
+
+@needs_btf
+def test_a_function_fentry_cannot_reach_gets_the_kprobe(tmp_path, monkeypatch):
+    """Trampolines can reach some functions and not others (6.1 attached tcp_time_wait and
+    refused another with ENOTSUPP): each candidate's functions are tried, and only the
+    evidence whose function is refused falls back to its kprobe, saying why."""
+    monkeypatch.setattr(probes, "raw_tracepoints_available", lambda: False)
+    monkeypatch.setattr(probes, "kprobes_available", lambda: True)
+    monkeypatch.setattr(probes, "kernel_function_exists", lambda name: True)
+    monkeypatch.setattr(probes, "fentry_available", lambda: (True, ""))
+    refused = "the kernel refuses to attach fentry programs to tcp_v4_syn_recv_sock (ENOTSUPP)"
+    monkeypatch.setattr(probes, "function_attachable", lambda func, exit=False: (
+        (False, refused) if func == "tcp_v4_syn_recv_sock" else (True, "")))
+    plan = probes.plan(root=write_tracefs(tmp_path, KERNELS["5.14"]))
+    assert plan.backends["time_wait"] == "fentry" and plan.backends["accept_wait"] == "fexit"
+    assert plan.backends["listen_overflow"] == "kprobe"
+    note = next(n for n in plan.notes if n.startswith("listen_overflow:"))
+    assert f"fentry: {refused}" in note, note
 
 
 def test_without_function_probes_the_overflow_is_sampled(tmp_path, tracepoints_only):

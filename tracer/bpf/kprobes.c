@@ -11,6 +11,19 @@
 #include <uapi/linux/ptrace.h>
 #include "handlers.h"
 
+#if defined(USE_FE_TIME_WAIT) || defined(USE_FE_ACCEPT_WAIT) || defined(USE_FE_LISTEN_OVERFLOW)
+/* Argument i (or, after the arguments, the return value) of an fentry/fexit program as a plain
+ * value: loaded straight from ctx a pointer argument is a BTF pointer (ptr_sock), on which the
+ * verifier refuses the arithmetic conn_find() hashes it with ("pointer arithmetic with >>=
+ * operator prohibited", 6.1); a copy read through bpf_probe_read_kernel is a number. */
+static __always_inline const void *fe_arg(unsigned long long *ctx, int i)
+{
+	const void *p = NULL;
+	bpf_probe_read_kernel(&p, sizeof(p), &ctx[i]);
+	return p;
+}
+#endif
+
 #ifdef USE_KP_RETRANSMIT
 /* int tcp_retransmit_skb(struct sock *sk, struct sk_buff *skb, int segs) */
 int kp_tcp_retransmit_skb(struct pt_regs *ctx)
@@ -72,7 +85,7 @@ int kp_tcp_time_wait(struct pt_regs *ctx)
 #ifdef USE_FE_TIME_WAIT
 KFUNC_PROBE(tcp_time_wait)
 {
-	return time_wait_entered(ctx, (const void *)ctx[0]);
+	return time_wait_entered(ctx, fe_arg(ctx, 0));
 }
 #endif
 
@@ -98,7 +111,7 @@ int kretp_inet_csk_accept(struct pt_regs *ctx)
  * (sk, struct proto_accept_arg *); FE_inet_csk_accept_NARGS comes from BTF */
 KRETFUNC_PROBE(inet_csk_accept)
 {
-	return accepted(ctx, (const void *)ctx[FE_inet_csk_accept_NARGS]);
+	return accepted(ctx, fe_arg(ctx, FE_inet_csk_accept_NARGS));
 }
 #endif
 
@@ -164,11 +177,11 @@ int kp_tcp_v4_syn_recv_sock(struct pt_regs *ctx)
 #ifdef USE_FE_LISTEN_OVERFLOW
 KFUNC_PROBE(tcp_conn_request)
 {
-	return listen_full(ctx, (const void *)ctx[2], (const void *)ctx[3], 0);
+	return listen_full(ctx, fe_arg(ctx, 2), fe_arg(ctx, 3), 0);
 }
 
 KFUNC_PROBE(tcp_v4_syn_recv_sock)
 {
-	return listen_full(ctx, (const void *)ctx[0], (const void *)ctx[1], 1);
+	return listen_full(ctx, fe_arg(ctx, 0), fe_arg(ctx, 1), 1);
 }
 #endif
