@@ -59,6 +59,28 @@ def detect_syn_retransmit(ctx: Context) -> None:
     _infer_syn_from_timing(ctx, exclude=np.union1d(found_ti, synack))
 
 
+def _listener_full(ctx: Context, ti: np.ndarray, b: np.ndarray, final_ack: int, cause: str) -> dict:
+    """k -> "the accept queue of the listener on port P (backlog B) was full: Q waiting", from
+    the first listen_overflow event (kprobes.c: a SYN, reason 0, or a final ACK, reason 1, that
+    met the full queue, with the listener and the client) joined to transaction ti[k] before
+    b[k]; its rows are cited for `cause`."""
+    ev = ctx.spike_events(["listen_overflow"])
+    ev = ev[(ev["reason"].to_numpy() == final_ack) & ev["ti"].isin(ti).to_numpy()]
+    if len(ev) == 0:
+        return {}
+    pos = pd.Series(np.arange(len(ti)), index=ti)
+    k = pos.loc[ev["ti"].to_numpy()].to_numpy()
+    keep = ev["t_ns"].to_numpy() < b[k]
+    ev, k = ev[keep], k[keep]
+    ctx.cands.cite(ev["ti"].to_numpy(), cause, ev["ev_row"].to_numpy())
+    out = {}
+    for kk, port, queue, backlog in zip(k, ev["sport"].to_numpy(), ev["value"].to_numpy(),
+                                        ev["value2"].to_numpy()):
+        out.setdefault(int(kk), f"the accept queue of the listener on port {int(port)} (backlog "
+                                f"{int(backlog)}) was full: {int(queue)} waiting")
+    return out
+
+
 def _syn_why(ctx: Context, ti: np.ndarray, a: np.ndarray, b: np.ndarray):
     """Why the SYN went unanswered: a drop event with its reason (drop:<REASON>), a full accept
     queue (listen_overflow: FACT accept-queue, the SYN is dropped silently and only
@@ -76,6 +98,11 @@ def _syn_why(ctx: Context, ti: np.ndarray, a: np.ndarray, b: np.ndarray):
         evidence = f"ListenOverflows +{overflow[k]}" if overflow[k] > 0 else f"queue {queue[k]} > backlog {backlog[k]}"
         why[k] = (f"The SYN was dropped because the accept queue{_backlog_text(backlog[k])} was full "
                   f"({evidence})")
+    # the listener itself, where a function probe saw the SYN meet its full queue
+    for k, text in _listener_full(ctx, ti, b, 0, "syn_retransmit").items():
+        detail[k] = "listen_overflow"
+        counted = f" (ListenOverflows +{overflow[k]})" if overflow[k] > 0 else ""
+        why[k] = f"The SYN was dropped because {text}{counted}"
     drops = ctx.spike_events(["drop"])
     if len(drops):
         names = facts.drop_reason_names(ctx.meta)
@@ -134,11 +161,19 @@ def detect_synack_retransmit(ctx: Context) -> None:
     backlog = ctx.backlog(port, a)
     queue = ctx.queue_max(port, a - ctx.period_ns, t_last)
     full = (overflow > 0) | ((queue >= 0) & (backlog >= 0) & (queue > backlog))
+    listener = _listener_full(ctx, ti, t_last, 1, "synack_retransmit")
     sentences, shorts, details = [], [], []
     for k in range(len(ti)):
         when = fmt_rel(t_last[k] - t_start[k])
         times = f"{n[k]} times, the last at {when}" if n[k] > 1 else f"at {when}"
-        if full[k]:
+        if k in listener:
+            counted = f" (ListenOverflows +{overflow[k]})" if overflow[k] > 0 else ""
+            sentences.append(
+                f"The server retransmitted its SYN-ACK ({times}) because the client's final ACK was dropped "
+                f"while {listener[k]}{counted}; the request waited {fmt_ns(t_last[k] - a[k])} for the "
+                f"handshake to complete.")
+            details.append("listen_overflow")
+        elif full[k]:
             ev_text = f"ListenOverflows +{overflow[k]}" if overflow[k] > 0 else f"queue {queue[k]} > backlog {backlog[k]}"
             sentences.append(
                 f"The server retransmitted its SYN-ACK ({times}) because the client's final ACK was dropped "

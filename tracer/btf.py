@@ -65,6 +65,11 @@ TRACER_OFFSETS: Dict[str, str] = {
     "OFF_SKB_PROTOCOL": "sk_buff.protocol",
     "OFF_SK_PROTOCOL": "sock.sk_protocol",
     "OFF_SK_ERR": "sock.sk_err",
+    # a listener's accept queue (sk_acceptq_is_full, include/net/sock.h): u32 in every kernel
+    # since at least 4.4 (DepSurf's struct sock); kprobes.c still reads the width their distance
+    # apart tells
+    "OFF_SK_ACK_BACKLOG": "sock.sk_ack_backlog",
+    "OFF_SK_MAX_ACK_BACKLOG": "sock.sk_max_ack_backlog",
     "OFF_DEV_ND_NET": "net_device.nd_net",
 }
 
@@ -100,7 +105,7 @@ class Btf:
     def _index(self, type_len: int) -> None:
         data, pos, end = self._data, self._types_at, self._types_at + type_len
         unpack = struct.unpack_from
-        wanted = (_STRUCT, _UNION, _ENUM, _ENUM64, _TYPEDEF)
+        wanted = (_STRUCT, _UNION, _ENUM, _ENUM64, _TYPEDEF, _FUNC)
         while pos < end:
             name_off, info, _ = unpack("<III", data, pos)
             kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
@@ -185,6 +190,20 @@ class Btf:
             if kind == _FUNC_PROTO:
                 return vlen - 1  # the first parameter is the tracepoint's private data
         return None
+
+    def func_nargs(self, name: str) -> Optional[int]:
+        """Parameters of kernel function `name` (its BTF FUNC_PROTO), None if BTF does not know
+        it: an fentry/fexit program attaches only to a function BTF describes, and an fexit
+        program finds the return value after the arguments (ctx[nargs])."""
+        tid = self._by_name.get((_FUNC, name))
+        if tid is None:
+            return None
+        kind, vlen, _, _, _ = self._type(self._resolve(self._type(tid)[3]))
+        return vlen if kind == _FUNC_PROTO else None
+
+    def func_id(self, name: str) -> Optional[int]:
+        """BTF type id of kernel function `name` (what BPF_PROG_LOAD's attach_btf_id names)."""
+        return self._by_name.get((_FUNC, name))
 
     def enum(self, name: str) -> Dict[int, str]:
         """Value -> name of the enumerators of `enum name`."""

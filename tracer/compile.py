@@ -87,7 +87,7 @@ def render_source(config: TracerParams, *, force: Optional[Dict[str, str]] = Non
         defines["USE_RINGBUF"] = 1
         defines["RINGBUF_PAGES"] = pages(config.ringbuf_pages)
     files = list(SOURCES)
-    if any(c.backend in ("kprobe", "kretprobe") for c in plan.chosen.values()):
+    if any(c.backend in probes.FUNCTION_BACKENDS for c in plan.chosen.values()):
         files.append(KPROBE_SOURCE)
     seen: set = set()
     text = "".join(_expand(name, seen) for name in files)

@@ -267,6 +267,10 @@ def check_kprobes() -> Check:
 REQUIRED_EVIDENCE = ("retransmit", "state_change")  # without these nothing can be explained
 
 
+# listen_overflow without a function probe (tracer/probes.py): the counter and the queue depth
+_SAMPLED = "TcpExt ListenOverflows + sock_diag queue"
+
+
 def probe_checks() -> List[ProbeCheck]:
     """Rows from the tracer's own probe selection (`tracer.probes.plan`), so doctor and the
     tracer can never disagree; every evidence `unknown` where it cannot plan (no root)."""
@@ -276,17 +280,19 @@ def probe_checks() -> List[ProbeCheck]:
         plan = tracer_probes.plan()
     except Exception as exc:  # no tracefs access, no BTF, no BCC: say why, evidence by evidence
         why = str(exc).split(";")[0]
-        return [ProbeCheck("listen_overflow", "sampled", "TcpExt ListenOverflows + sock_diag queue")] + [
+        return [ProbeCheck("listen_overflow", "sampled", _SAMPLED)] + [
             ProbeCheck(name, "unknown", f"cannot plan probes here: {why}", name in REQUIRED_EVIDENCE)
-            for name in tracer_probes.EVIDENCE_NAMES]
+            for name in tracer_probes.EVIDENCE_NAMES if name != "listen_overflow"]
     why = {}
     for note in plan.notes:  # "accept_wait: tracepoint (kretprobe: kernel without kprobes)"
         name, _, rest = note.partition(": ")
         why[name] = rest[rest.find("(") + 1:rest.rfind(")")] if "(" in rest else rest
-    rows = [ProbeCheck("listen_overflow", "sampled", "TcpExt ListenOverflows + sock_diag queue")]
+    rows = []
     for name, backend in plan.backends.items():
         cand = plan.chosen.get(name)
         targets = ", ".join(dict.fromkeys(t for t, _fn, _f in cand.attach)) if cand else ""
+        if backend == "sampled":
+            targets = _SAMPLED
         if backend == "inferred" and cand is not None and cand.needs:
             targets = f"from {cand.needs}"
         fix = ""

@@ -112,6 +112,9 @@ class Tracer:
         from bcc import BPF
 
         what = f"{evidence} via {backend} {target}"
+        if backend in ("fentry", "fexit"):
+            self._attach_kfunc(backend, fn, what)
+            return
         prog_type = {"tracepoint": BPF.TRACEPOINT,
                      "raw_tracepoint": BPF.RAW_TRACEPOINT}.get(backend, BPF.KPROBE)
         self._progs[fn] = load_probe(self._bpf, fn, prog_type, what)
@@ -121,12 +124,28 @@ class Tracer:
         except Exception as exc:
             raise SpikeTraceError(f"could not attach probe {fn} ({what}): {exc}")
 
+    def _attach_kfunc(self, backend: str, fn: str, what: str) -> None:
+        """BCC attached every KFUNC_PROBE/KRETFUNC_PROBE as it built the program (its autoload);
+        attach again only what pause() detached."""
+        fds = self._bpf.kfunc_entry_fds if backend == "fentry" else self._bpf.kfunc_exit_fds
+        if fn.encode() not in fds:
+            try:
+                getattr(self._bpf, "attach_kfunc" if backend == "fentry" else "attach_kretfunc")(
+                    fn_name=fn.encode())
+            except Exception as exc:
+                raise SpikeTraceError(f"could not attach probe {fn} ({what}): {exc}")
+        self._progs[fn] = self._bpf.funcs[fn.encode()]
+
     def pause(self) -> None:
         """Detach every probe, keeping the programs, maps and output: the workload runs as if
         untraced (benchmarks/tracer_overhead.py alternates pause() and resume()). Detaching
         takes a while (~25 ms per perf tracepoint here), so connection tracking goes last:
         until then the other probes still find every connection they see."""
-        for _evidence, backend, target, _fn in reversed(self._plan.attachments()):
+        for _evidence, backend, target, fn in reversed(self._plan.attachments()):
+            if backend in ("fentry", "fexit"):
+                getattr(self._bpf, "detach_kfunc" if backend == "fentry" else "detach_kretfunc")(
+                    fn_name=fn.encode())
+                continue
             _attach, detach, key = self._BCC_CALLS[backend]
             getattr(self._bpf, detach)(**{key: target.encode()})
 

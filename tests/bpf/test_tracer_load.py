@@ -14,7 +14,7 @@ pytestmark = pytest.mark.bpf
 
 KPROBE_VARIANTS = {"state_change": "kprobe", "retransmit": "kprobe",
                    "synack_retransmit": "kprobe", "time_wait": "kprobe",
-                   "accept_wait": "kretprobe"}
+                   "accept_wait": "kretprobe", "listen_overflow": "kprobe"}
 
 
 def _load_all(plan, configs) -> int:
@@ -46,7 +46,8 @@ def test_kprobe_variants_pass_the_verifier():
     fns = {fn for _ev, backend, _target, fn in plan.attachments() if "kprobe" in backend or
            "kretprobe" in backend}
     assert fns == {"kp_tcp_set_state", "kp_tcp_retransmit_skb", "kp_tcp_rtx_synack",
-                   "kp_tcp_time_wait", "kretp_inet_csk_accept"}
+                   "kp_tcp_time_wait", "kretp_inet_csk_accept", "kp_tcp_conn_request",
+                   "kp_tcp_v4_syn_recv_sock"}
     assert _load_all(plan, CONFIGS[:2]) > 0
 
 
