@@ -75,6 +75,9 @@ class TracerParams:
     # evidence not probed (tracer.probes.EVIDENCE_NAMES): `spiketrace run` skips accept_wait,
     # its bench server logs its own accept times
     skip: List[str] = dataclasses.field(default_factory=list)
+    # time accept() itself also where only the accept syscalls' exit can (no kprobe, no fentry):
+    # exact, but while it is attached every syscall of every process takes the slow path
+    exact_accept: bool = False
 
 
 @dataclasses.dataclass

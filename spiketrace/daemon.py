@@ -41,6 +41,7 @@ class TraceOptions:
     force: bool = False
     threshold_ms: float = 50.0
     all_events: bool = False
+    exact_accept: bool = False
     quiet: bool = False
     summary_interval_s: float = 10.0
     flush_interval_s: float = 30.0
@@ -107,7 +108,7 @@ def build_config(opts: TraceOptions):
             inum = inums.pop()
     return TracerConfig(ports=list(opts.ports), pids=list(opts.pids), cgroup=opts.cgroup,
                         netns_inum=inum, slow_conn_ms=opts.threshold_ms,
-                        all_events=opts.all_events)
+                        all_events=opts.all_events, exact_accept=opts.exact_accept)
 
 
 def _netns_ref(opts: TraceOptions):

@@ -79,6 +79,19 @@ class Tracer:
         host.require_tracing("tracing")
 
         self._plan = probes.plan(disabled=self.config.skip, force=self.force)
+        if self.config.exact_accept and self._plan.backends.get("accept_wait") == "raw_tracepoint":
+            # no function probe here: the accept syscalls' exit is the only exact end of the wait
+            exact = probes.plan(disabled=self.config.skip,
+                                force=dict(self.force or {}, accept_wait="tracepoint"))
+            if exact.backends.get("accept_wait") == "tracepoint":
+                self._plan = exact
+                self._plan.notes.append("accept_wait: the accept syscalls' exit tracepoint "
+                                        "(--exact-accept): every syscall takes the kernel's slow "
+                                        "path while tracing")
+            else:
+                self._plan.notes.append("accept_wait: --exact-accept: this kernel has no accept "
+                                        "syscall tracepoint; the wait ends at the server's first "
+                                        "read or write")
         self.probes = dict(self._plan.backends)
         self.notes = list(self._plan.notes)
         kernel = btf.vmlinux()

@@ -59,6 +59,13 @@ def _load_config(ctx, param, value):
               help="Record a connection in detail when it took longer than this: 50 (ms), 50ms, 1s.")
 @click.option("--all-events", is_flag=True,
               help="Record every state change too (more overhead; for short traces).")
+@click.option("--exact-accept", is_flag=True,
+              help="Time accept() itself on a kernel without kprobes or fentry, with the accept "
+                   "syscalls' exit tracepoint. Exact, but while it is attached every syscall of "
+                   "every process takes the kernel's slow path (1-3% CPU measured). Without it the "
+                   "accept wait ends at the server's first read or write there (an upper bound, "
+                   "equal for a server that reads right after accept()). `spiketrace doctor` shows "
+                   "which one this kernel uses.")
 @click.option("-q", "--quiet", is_flag=True, help="No line per event or spike; summaries only.")
 @click.option("--json", "json_", is_flag=True,
               help="Print JSON lines on stdout instead of text: one object per event, spike and "

@@ -52,6 +52,10 @@ def test_stopping_a_run_keeps_completed_transactions(tmp_path, how):
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
         try:
+            # the workers running (a loaded machine takes seconds to start Python), then some load
+            deadline = time.monotonic() + 60
+            while len(_children(proc.pid)) < WORKERS and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.1)
             time.sleep(3.0)
             workers = [p for p in _children(proc.pid)]
             assert proc.poll() is None, proc.communicate()
