@@ -110,11 +110,11 @@ def _assert_function_probes_saw_it(tmp_path, port, stats, clients, accepts):
     dropped = {c["port"] for c in clients if c["t_connected"] - c["t_start"] > 0.9e9}
     assert dropped and set(over.dport) == dropped, (over[["sport", "dport", "value", "value2"]], clients)
     assert set(over.sport) == {port} and set(over.value2) == {1} and (over.value > 1).all()
-    # every accept's wait, from the accept's return (kretprobe / fexit), on the listener's port.
-    # (Not matched by client port: on 6.1 a server connection's st_conn keeps dport 0, read at
-    # LISTEN -> SYN_RECV, before inet_csk_clone_lock() copies the client's port in; reported.)
+    # every accept's wait, from the accept's return (kretprobe / fexit), on the listener's port
+    # and each client's (6.1 sets a server child's peer after its SYN_RECV: read again later)
     waits = events[events.kind == "accept_wait"]
     assert len(waits) == len(accepts) and set(waits.sport) == {port}, (waits, accepts)
+    assert set(waits.dport) <= {c["port"] for c in clients}, (waits[["sport", "dport"]], clients)
     assert (waits.value > 0).all()
     # TIME_WAIT entries, from tcp_time_wait (kprobe / fentry)
     assert (events.kind == "time_wait").any(), events.kind.value_counts()

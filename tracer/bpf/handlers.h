@@ -43,15 +43,30 @@ static __always_inline void conn_tuple(const struct st_conn *c, struct st_tuple 
 	t->family = c->family;
 }
 
-/* connect() picks the local port after CLOSE -> SYN_SENT (its source address is chosen
- * before): fill the port in once it exists, from the record if there is one, else with one read
- * of inet_sport. */
-static __always_inline void conn_fix_port(struct st_conn *c, const void *sk,
-					  const struct st_tuple *t, int have)
+/* What a tracked socket's first state change could not see: connect() picks the local port
+ * after CLOSE -> SYN_SENT (its source address is chosen before), and on some kernels (6.1) a
+ * server child gets its peer's port and address after its LISTEN -> SYN_RECV
+ * (inet_csk_clone_lock() sets the state before the ports, tcp_v4_syn_recv_sock() the
+ * addresses). Filled in once they exist, from the record if there is one, else with one read
+ * of inet_sport (a client) or of the whole tuple (a server child). */
+static __always_inline void conn_fix_tuple(struct st_conn *c, const void *sk,
+					   struct st_tuple *t, int have)
 {
 	u16 port = 0;
-	if (c->sport)
+	if (c->sport && c->dport)
 		return;
+	if (!c->dport) {
+		if (!have)
+			sk_read_tuple(sk, t);
+		if (!t->dport)
+			return;
+		c->sport = t->sport;
+		c->dport = t->dport;
+		c->family = t->family;
+		__builtin_memcpy(c->saddr, t->saddr, 16);
+		__builtin_memcpy(c->daddr, t->daddr, 16);
+		return;
+	}
 	if (have) {
 		port = t->sport;
 	} else {
@@ -322,7 +337,7 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 	if (!c)
 		return 0;
 	c->state = newstate;
-	conn_fix_port(c, sk, t, have);
+	conn_fix_tuple(c, sk, t, have);
 	if (newstate == ST_TCP_ESTABLISHED && !c->t_established) {
 		if (!now)
 			now = bpf_ktime_get_ns();
@@ -373,7 +388,7 @@ static __always_inline int handle_retransmit(void *ctx, const void *sk, int stat
 
 	if (c) {
 		netns = c->netns;
-		conn_fix_port(c, sk, t, have);
+		conn_fix_tuple(c, sk, t, have);
 		conn_tuple(c, t);
 		nth = state == ST_TCP_SYN_SENT ? ++c->syn_retrans : ++c->retrans;
 		c->flags |= CONN_RETRANS;
