@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spiketrace.orchestrate import TRACER_SKIP  # noqa: E402
+from spiketrace.orchestrate import TRACER_FUNCTION_ONLY, TRACER_SKIP  # noqa: E402
 
 PAYLOAD = b"asd" * 1000
 TARGETS = {1: 0.97}  # else 0.95
@@ -135,7 +135,8 @@ def window(load: Load, seconds: float, cpu_pids) -> tuple:
 
 
 # the tracer as each command configures it (spiketrace trace: every probe)
-CONFIGS = {"run": {"skip": list(TRACER_SKIP)}, "trace": {}}
+CONFIGS = {"run": {"skip": list(TRACER_SKIP), "function_only": list(TRACER_FUNCTION_ONLY)},
+           "trace": {}}
 
 
 def measure(clients: int, pairs: int, seconds: float, configs) -> dict:

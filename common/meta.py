@@ -72,9 +72,14 @@ class TracerParams:
     accept_wait_threshold_ms: float = 5.0
     all_events: bool = False
     ringbuf_pages: int = 1024
-    # evidence not probed (tracer.probes.EVIDENCE_NAMES): `spiketrace run` skips accept_wait,
-    # its bench server logs its own accept times
+    # evidence not probed (tracer.probes.EVIDENCE_NAMES): `spiketrace run` skips conn_life, its
+    # bench logs each exchange itself
     skip: List[str] = dataclasses.field(default_factory=list)
+    # evidence probed only by a function probe (fentry/fexit, kprobe/kretprobe: one run per call),
+    # skipped where only a fallback run at every read or syscall exists: `spiketrace run` times
+    # accept() where the kernel has a probe on inet_csk_accept (its bench server logs its own
+    # accept times too), and does not pay a probe run per read where it has none
+    function_only: List[str] = dataclasses.field(default_factory=list)
     # time accept() itself also where only the accept syscalls' exit can (no kprobe, no fentry):
     # exact, but while it is attached every syscall of every process takes the slow path
     exact_accept: bool = False

@@ -59,7 +59,8 @@ def render_source(config: TracerParams, *, force: Optional[Dict[str, str]] = Non
     `force` picks a backend per evidence (e.g. {"state_change": "kprobe"}); kprobe variants are
     compiled in even where they cannot attach, so the verifier can check them.
     """
-    plan = plan or probes.plan(disabled=config.skip, force=force)
+    plan = plan or probes.plan(disabled=config.skip, force=force,
+                                function_only=config.function_only)
     kernel = btf.vmlinux()
     defines: Dict[str, int] = dict(btf.tracer_offsets(kernel))
     skc = [v for k, v in defines.items() if k.startswith("OFF_SKC_")]

@@ -180,7 +180,8 @@ class Plan:
     """The probes chosen for this kernel."""
 
     backends: Dict[str, str]  # evidence -> raw_tracepoint | tracepoint | kprobe | kretprobe |
-    #                             inferred | unavailable | skipped (TracerConfig.skip)
+    #                             inferred | unavailable | skipped (TracerConfig.skip,
+    #                             .function_only)
     chosen: Dict[str, Candidate]
     defines: Dict[str, int]  # -D flags: USE_* = 1 and TPO_<event>_<field> = offset
     notes: List[str]
@@ -389,9 +390,16 @@ def _try(cand: Candidate, root: str, have_kprobes: bool) -> Tuple[Optional[Dict[
     return defines, ""
 
 
+# Backends that run once per call of one kernel function (accept's inet_csk_accept), as opposed
+# to the fallbacks that run at every read, write or syscall of every task.
+FUNCTION_BACKENDS = ("fentry", "fexit", "kprobe", "kretprobe")
+
+
 def plan(disabled: Sequence[str] = (), root: Optional[str] = None,
-         force: Optional[Dict[str, str]] = None) -> Plan:
-    """Choose a backend per evidence. `force` maps evidence -> backend (tests, --print-bpf)."""
+         force: Optional[Dict[str, str]] = None, function_only: Sequence[str] = ()) -> Plan:
+    """Choose a backend per evidence. `force` maps evidence -> backend (tests, --print-bpf).
+    `function_only`: evidence probed only by a function probe (FUNCTION_BACKENDS), skipped where
+    only a per-read or per-syscall fallback exists (TracerConfig.function_only)."""
     root = root or tracefs()
     have_kprobes = kprobes_available()
     backends: Dict[str, str] = {}
@@ -406,6 +414,8 @@ def plan(disabled: Sequence[str] = (), root: Optional[str] = None,
         why = []
         for cand in ev.candidates:
             if force and ev.name in force and force[ev.name] != cand.backend:
+                continue
+            if ev.name in function_only and cand.backend not in FUNCTION_BACKENDS:
                 continue
             if cand.needs and backends.get(cand.needs, "unavailable") in ("unavailable", "skipped"):
                 why.append(f"{cand.backend}: needs {cand.needs}")
@@ -426,6 +436,11 @@ def plan(disabled: Sequence[str] = (), root: Optional[str] = None,
                 notes.append(f"{ev.name}: {cand.backend} ({'; '.join(why)})")
             break
         else:
+            if ev.name in function_only:
+                backends[ev.name] = "skipped"
+                notes.append(f"{ev.name}: skipped (no function probe here: "
+                             f"{'; '.join(why) or 'none'}; its fallbacks run at every read or syscall)")
+                continue
             backends[ev.name] = "unavailable"
             notes.append(f"{ev.name}: unavailable ({'; '.join(why) or 'disabled'})")
     return Plan(backends=backends, chosen=chosen, defines=defines, notes=notes)

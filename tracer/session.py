@@ -78,7 +78,8 @@ class Tracer:
         """Compile, load and attach every probe; return once all are attached."""
         host.require_tracing("tracing")
 
-        self._plan = probes.plan(disabled=self.config.skip, force=self.force)
+        self._plan = probes.plan(disabled=self.config.skip, force=self.force,
+                                 function_only=self.config.function_only)
         if self.config.exact_accept and self._plan.backends.get("accept_wait") == "raw_tracepoint":
             # no function probe here: the accept syscalls' exit is the only exact end of the wait
             exact = probes.plan(disabled=self.config.skip,

@@ -3,7 +3,8 @@ their own ground truth (precision and recall 1.0): tests/e2e/test_run_scenarios.
 transactions, a longer time limit and a 500 ms spike threshold, since a TCG guest's ordinary
 transactions can take over 100 ms while every injected fault costs the 1 s initial RTO. Where
 the kernel has function probes (6.1 in CI), listen-overflow's explanations name the listener
-whose accept queue was full, from the probe (meta.json says which: fentry or kprobe)."""
+whose accept queue was full, from the probe (meta.json says which: fentry or kprobe), and the
+accept wait is timed by the fexit or kretprobe on inet_csk_accept."""
 from __future__ import annotations
 
 import functools
@@ -44,6 +45,10 @@ def _assert_the_listener_is_named(out):
     elsewhere the counter's words stay, and meta.json says `sampled`."""
     meta = json.loads((out / "meta.json").read_text())
     backend = meta["probes"]["listen_overflow"]
+    # the accept wait too, once per accept, where a function probe on inet_csk_accept exists
+    # (`run` does not pay a probe run per read for it: skipped elsewhere)
+    assert meta["probes"]["accept_wait"] == ("skipped" if backend == "sampled" else
+                                             {"fentry": "fexit", "kprobe": "kretprobe"}[backend]), meta["probes"]
     expl = pd.read_parquet(out / "explanations.parquet")
     dropped = expl[(expl.cause == "syn_retransmit") & (expl.cause_detail == "listen_overflow")]
     assert len(dropped), expl[["cause", "cause_detail", "sentence"]]

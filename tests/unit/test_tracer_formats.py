@@ -379,6 +379,28 @@ def test_a_function_fentry_cannot_reach_gets_the_kprobe(tmp_path, monkeypatch):
     assert f"fentry: {refused}" in note, note
 
 
+@needs_btf
+@pytest.mark.parametrize("release", ["5.10", "4.18"])
+def test_run_times_accept_only_with_a_function_probe(release, tmp_path, monkeypatch):
+    """`spiketrace run` (function_only accept_wait): the fexit or kretprobe on inet_csk_accept
+    where the kernel has one; where only the accept syscalls' exit tracepoint is left (every
+    syscall's slow path) or nothing, the accept wait is skipped and the note says why."""
+    monkeypatch.setattr(probes, "raw_tracepoints_available", lambda: False)
+    monkeypatch.setattr(probes, "kprobes_available", lambda: release == "5.10")
+    monkeypatch.setattr(probes, "kernel_function_exists", lambda name: True)
+    monkeypatch.setattr(probes, "fentry_available", lambda: (release == "5.10", "no fentry here"))
+    monkeypatch.setattr(probes, "function_attachable", lambda func, exit=False: (True, ""))
+    root = write_tracefs(tmp_path, KERNELS[release])
+    plan = probes.plan(root=root, function_only=["accept_wait"])
+    if release == "5.10":
+        assert plan.backends["accept_wait"] == "fexit", plan.notes
+    else:
+        assert plan.backends["accept_wait"] == "skipped", plan.notes
+        note = next(n for n in plan.notes if n.startswith("accept_wait:"))
+        assert "no function probe here" in note and "kretprobe" in note, note
+        assert not [a for a in plan.attachments() if a[0] == "accept_wait"]
+
+
 def test_without_function_probes_the_overflow_is_sampled(tmp_path, tracepoints_only):
     plan = probes.plan(root=write_tracefs(tmp_path, KERNELS["4.18"]))
     assert plan.backends["listen_overflow"] == "sampled"
