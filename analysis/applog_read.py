@@ -13,6 +13,9 @@ Formats are told apart by their first line, or forced with `--log-format`:
   *ends* at `[$time_local]`, when it was logged), Apache `%D` (us; the entry *starts* at `[%t]`,
   when the request was received); timestamps in whole seconds;
 - `plain`, `csv`, `tsv`, `columns`, `jsonl`: see analysis.applog.
+
+Over 400 lines on purpose: each format's reader is short, and all share one line loop and one
+set of refusal messages (a file none of them reads gets one line naming every format).
 """
 from __future__ import annotations
 

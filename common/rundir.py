@@ -8,6 +8,9 @@ Parts carry page checksums (CRC32), verified on read: a flipped bit is an error,
 
 All timestamps are CLOCK_MONOTONIC nanoseconds (`time.monotonic_ns()` == `bpf_ktime_get_ns()`);
 0 means "this phase was not reached".
+
+Over 400 lines on purpose: the writer and the reader hold the format's rules between them
+(part names, atomic writes, versions, the count warnings); kept in one module they cannot drift.
 """
 from __future__ import annotations
 

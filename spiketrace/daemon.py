@@ -10,6 +10,10 @@ window keeps minutes, and what the kernel maps learned about exited processes is
 SIGINT, SIGTERM and the end of --duration all stop it the same way: detach every probe, flush,
 mark the run complete (spiketrace.recording); later signals while stopping are ignored. SIGHUP
 reopens --log and starts a new segment.
+
+Over 400 lines on purpose: start, the main loop and stop share the one daemon state (outputs
+and their outage, line budget, live window); what stands alone is in daemon_tasks.py, live.py,
+metrics.py and segments.py.
 """
 from __future__ import annotations
 

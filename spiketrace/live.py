@@ -13,6 +13,9 @@ client-oriented 4-tuple and open time, as in the post-mortem report of the same 
 
 When nothing slow was recorded, no analysis runs: the cost of live explanations is zero on a
 healthy system and grows with the number of slow connections, not the traffic.
+
+Over 400 lines on purpose: the window and the explainer share what a spike is (its
+connection's 4-tuple and open time) and when a row may leave the window.
 """
 from __future__ import annotations
 

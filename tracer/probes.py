@@ -11,6 +11,9 @@ reason for every fallback (`Plan.notes`).
 Tracepoint records are read at offsets parsed from tracefs `format` files at run time and
 passed to BPF as `-DTPO_<event>_<field>=<offset>`, so one source works across kernels whose
 records differ (6.18 added `err` to tcp_retransmit_skb and changed tcp_send_reset).
+
+Over 400 lines on purpose: the probe table (`EVIDENCE`, the one table doctor and the tracer read)
+and the planner that walks it are one contract; the table alone is ~170 lines.
 """
 from __future__ import annotations
 

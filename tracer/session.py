@@ -10,6 +10,9 @@ Filtering and aggregation happen in the kernel (tracer/bpf/common.h): user space
 evidence (retransmits, resets, drops, connect-error streaks, long waits, slow connections) and
 reads log2 histograms of everything else. Every record that does not fit the output buffer is
 counted in the kernel and reported as `TracerStats.lost_events`.
+
+Over 400 lines on purpose: start, consumption, pause/resume and stop share one BPF object and
+its lock; what stands alone is in tracer/compile.py (the source) and tracer/upkeep.py (maps).
 """
 from __future__ import annotations
 
