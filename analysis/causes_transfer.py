@@ -74,6 +74,12 @@ def _infer_data_retransmit(ctx: Context, exclude: np.ndarray) -> None:
                   & ~drops["ti"].isin(exclude) & ~duplicate & ~after_close]
     if len(drops) == 0:
         return
+    # the first drop of an exchange (a handshake's last ACK dropped at a full accept queue comes
+    # before the client's connect() returns: the request's drop after it is the one to explain)
+    phase, _ = ctx.phase_start(drops["ti"].to_numpy(dtype=np.int64), drops["t_ns"].to_numpy())
+    drops = drops[(phase >= 1) & (phase <= 2)]
+    if len(drops) == 0:
+        return
     drops = drops.sort_values("t_ns", kind="stable").drop_duplicates("ti")
     ti = drops["ti"].to_numpy(dtype=np.int64)
     t_drop = drops["t_ns"].to_numpy()
@@ -117,9 +123,6 @@ def _drop_reasons(ctx: Context, retrans: pd.DataFrame) -> dict:
                                        drops["t_ns"].to_numpy(), drops["side"].astype(str).to_numpy())}
 
 
-# what a listener does with a segment of a connection it has no socket for yet
-_NO_CHILD_YET = ("NO_SOCKET", "TCP_FLAGS", "TCP_LISTEN_OVERFLOW")
-
 
 def _drop_words(ctx: Context, ti: int, name: str, t_drop: int, side: str) -> str:
     """A drop in words. FACT accept-queue: when the handshake's last ACK meets a full accept
@@ -127,7 +130,7 @@ def _drop_words(ctx: Context, ti: int, name: str, t_drop: int, side: str) -> str
     reaches the listener and is dropped (NO_SOCKET / TCP_FLAGS, TCP_LISTEN_OVERFLOW since 6.15):
     the cause is the overflow, which ListenOverflows counts, not a missing listener."""
     base = str(name).replace("SKB_DROP_REASON_", "")
-    if side == "server" and base in _NO_CHILD_YET:
+    if side == "server" and base in facts.NO_CHILD_DROPS:
         t_conn = int(ctx.col("t_connected")[ti]) or int(ctx.col("t_start")[ti])
         grew = ctx.growth("TcpExt.ListenOverflows", np.array([t_conn - ctx.period_ns]), np.array([t_drop]))[0]
         if grew > 0:
@@ -158,6 +161,11 @@ def detect_accept_queue_wait(ctx: Context) -> None:
         est = est.copy()
         est[known] = first.reindex(ti[known]).to_numpy()
     ok = (t_accept > 0) & (est > 0) & (t_accept > est)
+    # FACT accept-queue: a listener that dropped the connection's segments for want of a child
+    # socket (the handshake's last ACK met a full queue) had nothing to queue until a
+    # retransmit made one: the time from the client's ESTABLISHED is that retransmit's
+    # (data_retransmit), and the accept wait, which began then, is not known
+    ok &= ~np.isin(ti, ctx.no_child_drops(ti, est, t_accept))
     ti_s, a_s, b_s = ti[ok], est[ok], t_accept[ok]
     ev = ctx.spike_events(["accept_wait"])
     ev = ev[~ev["ti"].isin(ti_s)]

@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from analysis import facts
 from analysis.join import asof_interval
 from analysis.load import Frames
 from analysis.options import AnalysisOptions
@@ -130,6 +131,25 @@ class Context:
             if values is not None:
                 out[sel] = values
         return out
+
+    def no_child_drops(self, ti: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The transactions of `ti` whose segments a listener dropped between a and b because it
+        had no socket for their connection (facts.NO_CHILD_DROPS reasons, in state LISTEN)."""
+        drops = self.spike_events(["drop"])
+        if len(drops) == 0 or len(ti) == 0:
+            return np.array([], dtype=np.int64)
+        names = facts.drop_reason_names(self.meta)
+        no_child = drops["reason"].map(
+            lambda r: names.get(int(r), "").replace("SKB_DROP_REASON_", "") in facts.NO_CHILD_DROPS)
+        drops = drops[no_child.to_numpy(dtype=bool) & (drops["state"] == facts.LISTEN).to_numpy()
+                      & drops["ti"].isin(ti).to_numpy()]
+        if len(drops) == 0:
+            return np.array([], dtype=np.int64)
+        order = np.argsort(ti, kind="stable")
+        k = order[np.searchsorted(ti, drops["ti"].to_numpy(), sorter=order)]
+        t = drops["t_ns"].to_numpy()
+        inside = (t > a[k]) & (t < b[k])
+        return np.unique(drops["ti"].to_numpy(dtype=np.int64)[inside])
 
     def growth(self, name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Counter growth in [a, b], the end widened by one sampling period (the sampler sees an

@@ -9,11 +9,17 @@ import re
 from typing import Dict, List, Optional
 
 from common.vocab import (CLOSE_WAIT, CLOSING_STATES, EADDRNOTAVAIL, ECONNREFUSED, ECONNRESET,  # noqa: F401
-                          ESTABLISHED, ETIMEDOUT, HANDSHAKE_STATES, NEW_SYN_RECV, SYN_RECV,
+                          ESTABLISHED, ETIMEDOUT, HANDSHAKE_STATES, LISTEN, LISTENER_NO_CHILD,
+                          NEW_SYN_RECV, SYN_RECV,
                           SYN_SENT, TCP_STATES, describe_drop)
 
 MS = 1_000_000  # ns
 S = 1_000_000_000
+
+# FACT accept-queue: the drop reasons of a segment that reached a listener with no child socket for
+# its connection (the handshake's last ACK met a full accept queue); TCP_LISTEN_OVERFLOW (6.15+)
+# names the overflow itself
+NO_CHILD_DROPS = LISTENER_NO_CHILD + ("TCP_LISTEN_OVERFLOW",)
 
 # FACT syn-rto: the initial SYN RTO is 1 s since Linux 3.1 (RFC 6298), 3 s before (CentOS 5's
 # 2.6.18); the `legacy-rto` scenario emulates 3 s with a sock_ops program.

@@ -417,6 +417,29 @@ def test_request_dropped_after_a_final_ack_overflow_names_the_overflow(tmp_path)
     assert "ListenOverflows +1" in e.sentence and "nothing listening" not in e.sentence
 
 
+def test_a_final_ack_overflow_then_a_lost_request_is_the_retransmit_not_an_accept_wait(tmp_path):
+    """Seen in the listen-overflow scenario: the handshake's last ACK is dropped at the full
+    queue (before the client's connect() returns), then the request is dropped at the listener
+    too and a tail loss probe that tcp_retransmit_skb does not report brings it in ~200 ms later.
+    The server's record then shows a 'wait' from the client's ESTABLISHED to its accept() that
+    was the retransmit's: the inferred data retransmit explains it, the accept wait does not."""
+    def build(run):
+        run.meta.drop_reasons = {"3": "NO_SOCKET"}
+        t = run.txn(ex1_ms=208.2, accept_ms=207.9)
+        run.counter("TcpExt.ListenOverflows", t["t_start"] - 10 * MS, 7)
+        run.counter("TcpExt.ListenOverflows", t["t_connected"] + 1 * MS, 8)
+        run.event("drop", t["t_connected"] - 100_000, t, side="server", state=10, reason=3)
+        run.event("drop", t["t_connected"] + 30_000, t, side="server", state=10, reason=3)
+        for name, before in (("Tcp.RetransSegs", 4), ("TcpExt.TCPLossProbes", 2)):
+            run.counter(name, t["t_start"] - 10 * MS, before)
+            run.counter(name, t["t_connected"] + 207 * MS, before + 1)
+
+    result, _ = run_with(tmp_path, build)
+    e = only_spike(result)
+    assert (e.cause, e.cause_detail) == ("data_retransmit", "tlp") and bool(e.inferred), e.sentence
+    assert e.accept_queue_wait_ns == 0 and "accept queue (backlog 1) was full" in e.sentence, e.sentence
+
+
 def test_a_drop_with_no_socket_and_no_overflow_still_says_no_socket(tmp_path):
     def build(run):
         run.meta.drop_reasons = {"3": "NO_SOCKET"}
