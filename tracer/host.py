@@ -295,12 +295,24 @@ def probe_checks() -> List[ProbeCheck]:
             targets = _SAMPLED
         if backend == "inferred" and cand is not None and cand.needs:
             targets = f"from {cand.needs}"
-        fix = ""
-        if backend == "unavailable":
-            fix = "a kernel with the tracepoint, or CONFIG_KPROBES=y"
+        fix = "" if backend != "unavailable" else _unavailable_fix(name)
         rows.append(ProbeCheck(name, backend, targets, name in REQUIRED_EVIDENCE, fix,
                                why=why.get(name, "")))
     return rows
+
+
+def _unavailable_fix(name: str) -> str:
+    """What would give an unavailable evidence: its tracepoints, or kprobes where it has a
+    function probe (conn_life has none: only its 6.3+ tracepoints give it)."""
+    from tracer import probes as tracer_probes
+
+    ev = next(e for e in tracer_probes.EVIDENCE if e.name == name)
+    points = dict.fromkeys(t.split(":")[-1] for c in ev.candidates
+                           if c.backend in ("raw_tracepoint", "tracepoint") for t, _fn, _f in c.attach)
+    ways = [f"a kernel with the tracepoint{'s' if len(points) > 1 else ''} {', '.join(points)}"] if points else []
+    if any(c.backend in tracer_probes.FUNCTION_BACKENDS for c in ev.candidates):
+        ways.append("CONFIG_KPROBES=y")
+    return " or ".join(ways)
 
 
 def collect() -> Report:

@@ -106,6 +106,20 @@ def test_probe_backends_match_tracefs():
     assert (data["by_name"]["kprobes"]["value"] == "enabled") is kprobes
     assert data["by_name"]["BPF ring buffer"]["ok"] is True  # root can create one on >= 5.8
 
+    # what would give an unavailable evidence names its own probes only
+    for p in data["probes"]:
+        if p["backend"] == "unavailable":
+            assert p["fix"], p
+            assert ("CONFIG_KPROBES=y" in p["fix"]) is (p["evidence"] != "conn_life"), p
+
+
+def test_the_fix_for_a_missing_evidence_names_what_would_give_it():
+    """conn_life comes only from its tracepoints (6.3+): kprobes would not give it."""
+    from tracer.host import _unavailable_fix
+    assert _unavailable_fix("conn_life") == "a kernel with the tracepoints sock_recv_length, sock_send_length"
+    assert _unavailable_fix("time_wait") == "CONFIG_KPROBES=y"
+    assert "inet_sock_set_state" in _unavailable_fix("state_change") and "CONFIG_KPROBES" in _unavailable_fix("state_change")
+
 
 @needs_root
 def test_without_root_says_so_instead_of_failing():
