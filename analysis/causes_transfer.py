@@ -123,7 +123,6 @@ def _drop_reasons(ctx: Context, retrans: pd.DataFrame) -> dict:
                                        drops["t_ns"].to_numpy(), drops["side"].astype(str).to_numpy())}
 
 
-
 def _drop_words(ctx: Context, ti: int, name: str, t_drop: int, side: str) -> str:
     """A drop in words. FACT accept-queue: when the handshake's last ACK meets a full accept
     queue the server keeps no socket for the connection, so the client's first data segment
