@@ -43,6 +43,16 @@ static __always_inline void conn_tuple(const struct st_conn *c, struct st_tuple 
 	t->family = c->family;
 }
 
+/* The other way: a tuple into a tracked connection. */
+static __always_inline void conn_set_tuple(struct st_conn *c, const struct st_tuple *t)
+{
+	c->sport = t->sport;
+	c->dport = t->dport;
+	c->family = t->family;
+	__builtin_memcpy(c->saddr, t->saddr, 16);
+	__builtin_memcpy(c->daddr, t->daddr, 16);
+}
+
 /* What a tracked socket's first state change could not see: connect() picks the local port
  * after CLOSE -> SYN_SENT (its source address is chosen before), and on some kernels (6.1) a
  * server child gets its peer's port and address after its LISTEN -> SYN_RECV
@@ -58,13 +68,8 @@ static __always_inline void conn_fix_tuple(struct st_conn *c, const void *sk,
 	if (!c->dport) {
 		if (!have)
 			sk_read_tuple(sk, t);
-		if (!t->dport)
-			return;
-		c->sport = t->sport;
-		c->dport = t->dport;
-		c->family = t->family;
-		__builtin_memcpy(c->saddr, t->saddr, 16);
-		__builtin_memcpy(c->daddr, t->daddr, 16);
+		if (t->dport)
+			conn_set_tuple(c, t);
 		return;
 	}
 	if (have) {
@@ -149,11 +154,7 @@ static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u
 		return NULL;
 	__builtin_memset(c, 0, sizeof(*c));
 	c->netns = netns;
-	c->sport = t->sport;
-	c->dport = t->dport;
-	c->family = t->family;
-	__builtin_memcpy(c->saddr, t->saddr, 16);
-	__builtin_memcpy(c->daddr, t->daddr, 16);
+	conn_set_tuple(c, t);
 	if (newstate == ST_TCP_SYN_SENT) {
 		/* connect() runs in the connecting task's context */
 		c->role = ROLE_CLIENT;
