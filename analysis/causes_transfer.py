@@ -128,7 +128,7 @@ def _drop_words(ctx: Context, ti: int, name: str, t_drop: int, side: str) -> str
     queue the server keeps no socket for the connection, so the client's first data segment
     reaches the listener and is dropped (NO_SOCKET / TCP_FLAGS, TCP_LISTEN_OVERFLOW since 6.15):
     the cause is the overflow, which ListenOverflows counts, not a missing listener."""
-    base = str(name).replace("SKB_DROP_REASON_", "")
+    base = facts.drop_base_name(name)
     if side == "server" and base in facts.NO_CHILD_DROPS:
         t_conn = int(ctx.col("t_connected")[ti]) or int(ctx.col("t_start")[ti])
         grew = ctx.growth("TcpExt.ListenOverflows", np.array([t_conn - ctx.period_ns]), np.array([t_drop]))[0]

@@ -140,7 +140,7 @@ class Context:
             return np.array([], dtype=np.int64)
         names = facts.drop_reason_names(self.meta)
         no_child = drops["reason"].map(
-            lambda r: names.get(int(r), "").replace("SKB_DROP_REASON_", "") in facts.NO_CHILD_DROPS)
+            lambda r: facts.drop_base_name(names.get(int(r), "")) in facts.NO_CHILD_DROPS)
         drops = drops[no_child.to_numpy(dtype=bool) & (drops["state"] == facts.LISTEN).to_numpy()
                       & drops["ti"].isin(ti).to_numpy()]
         if len(drops) == 0:

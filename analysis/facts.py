@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 from common.vocab import (CLOSE_WAIT, CLOSING_STATES, EADDRNOTAVAIL, ECONNREFUSED, ECONNRESET,  # noqa: F401
                           ESTABLISHED, ETIMEDOUT, HANDSHAKE_STATES, LISTEN, LISTENER_NO_CHILD,
                           NEW_SYN_RECV, SYN_RECV,
-                          SYN_SENT, TCP_STATES, describe_drop)
+                          SYN_SENT, TCP_STATES, describe_drop, drop_base_name)
 
 MS = 1_000_000  # ns
 S = 1_000_000_000

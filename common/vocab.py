@@ -140,9 +140,14 @@ DROP_WORDS = {
 LISTENER_NO_CHILD = ("NO_SOCKET", "TCP_FLAGS")
 
 
+def drop_base_name(name) -> str:
+    """A drop reason's name without its enum prefix ('SKB_DROP_REASON_NO_SOCKET' -> 'NO_SOCKET')."""
+    return str(name).replace("SKB_DROP_REASON_", "")
+
+
 def describe_drop(name: str) -> str:
     """'dropped <words> (drop reason NAME)': what a network engineer would say of a drop."""
-    words = DROP_WORDS.get(str(name).replace("SKB_DROP_REASON_", ""))
+    words = DROP_WORDS.get(drop_base_name(name))
     return f"dropped {words} (drop reason {name})" if words else f"dropped by the kernel (drop reason {name})"
 
 
@@ -170,7 +175,7 @@ def describe_event(ev: Mapping[str, Any], drop_names: Optional[Mapping[int, str]
         return f"{state_name(state)} -> {state_name(int(_get(ev, 'new_state')))}{side}"
     if kind == "drop":
         name = (drop_names or {}).get(reason, str(reason))
-        if state == LISTEN and str(name).replace("SKB_DROP_REASON_", "") in LISTENER_NO_CHILD:
+        if state == LISTEN and drop_base_name(name) in LISTENER_NO_CHILD:
             # FACT accept-queue: a segment of a connection the listener keeps no socket for (its
             # last ACK met a full accept queue) reaches the listener and is dropped there
             return (f"packet dropped at the listener: no socket for its connection (the accept "
