@@ -127,6 +127,8 @@ struct conn_slot {
 	u64 sk;           /* the socket holding the slot, 0 if free (read by user space) */
 	u32 idx;          /* this slot's index (its key is conn_keys[idx / CONN_WAYS]) */
 	u32 pad;
+	u8 line_pad[32];  /* 256 bytes: every slot starts at the same place in a cache line, so
+			   * its first 64 bytes (what each probe run touches) share one line */
 };
 struct conn_bucket {
 	u64 sk[CONN_WAYS]; /* the sockets holding the bucket's slots, 0 = free */

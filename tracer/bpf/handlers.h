@@ -166,9 +166,9 @@ static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u
 		learn_pid(c->pid); /* so its run-queue delays are traced too */
 	} else if (newstate == ST_TCP_SYN_RECV) {
 		/* a child socket, created when the handshake's final ACK arrived (softirq: the
-		 * owner is learned at accept()) */
+		 * owner is learned at accept()); ESTABLISHED follows in the same packet's processing,
+		 * and gives both times (one clock read less) */
 		c->role = ROLE_SERVER;
-		c->t_open = now;
 #ifdef TASK_FILTER
 		c->flags = CONN_UNCLAIMED; /* until a task in scope takes it up (common.h) */
 #endif
@@ -320,7 +320,8 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 	} else {
 		if (!new_sock_in_scope(sk, newstate, t, &have, &netns, tcp))
 			return 0;
-		now = bpf_ktime_get_ns();
+		if (newstate != ST_TCP_SYN_RECV)
+			now = bpf_ktime_get_ns(); /* a child's open time is taken at its ESTABLISHED */
 		if (newstate != ST_TCP_CLOSE)
 			c = conn_open(sk, newstate, netns, t, now);
 	}
@@ -343,6 +344,8 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 		if (!now)
 			now = bpf_ktime_get_ns();
 		c->t_established = now;
+		if (c->role == ROLE_SERVER && !c->t_open)
+			c->t_open = now;
 		if (c->role == ROLE_CLIENT && c->t_open) {
 			u64 d = now - c->t_open;
 			hist_add(HIST_CONNECT, d);
@@ -501,7 +504,10 @@ static __always_inline int handle_reset_received(void *ctx, const void *sk, stru
 
 /* tcp:tcp_send_reset: sk is NULL for a reset answering a packet no socket wanted. Without a
  * tuple from the record, it is read from the packet answered (receiver's side, as the
- * tracepoint shows it) or, for an active reset (abort, linger 0), from the socket. */
+ * tracepoint shows it) or, for an active reset (abort, linger 0), from the socket. `state`:
+ * the socket's, or STATE_UNKNOWN (raw tracepoint): a tracked socket's is its last one seen
+ * (every change of it is traced), an untracked one's is read. */
+#define STATE_UNKNOWN (-1)
 static __always_inline int handle_reset_sent(void *ctx, const void *sk, const void *skb,
 					     int state, int reason, struct st_tuple *t, int have)
 {
@@ -510,6 +516,8 @@ static __always_inline int handle_reset_sent(void *ctx, const void *sk, const vo
 
 	if (sk) {
 		c = conn_find(sk);
+		if (state == STATE_UNKNOWN)
+			state = c ? c->state : sk_read_state(sk);
 		if (!c && state == ST_TCP_CLOSE)
 			return 0; /* our own abortive close of an untracked socket */
 	}
@@ -592,25 +600,21 @@ static __always_inline void thread_times(u64 *ran, u64 *waited)
 #endif
 }
 
-/* sock_recv_length / sock_send_length (6.3+): this side of tracked connection `c` read or wrote
- * `ret` bytes of data at `now`. The first read and write, and the longest hold: from a read to
- * the next write (a server's processing of a request, with the thread that replied and, for a
- * server, that thread's own time in it: running, runnable; the rest it was off the CPU; the
- * analysis splits only the server's hold, so a client's costs no task reads). */
-static __always_inline int handle_io(struct st_conn *c, int ret, int write, u64 now)
+/* sock_recv_length / sock_send_length (6.3+): server connection `c` read or wrote data at
+ * `now` (a client's first read and write are kept by the caller, rawtp.c). The first read and
+ * write, and the longest hold: from a read to the next write (the server's processing of a
+ * request), with the thread that replied and that thread's own time in it: running, runnable;
+ * the rest it was off the CPU. */
+static __always_inline int handle_io(struct st_conn *c, int write, u64 now)
 {
 	u64 ran = ~0ULL, waited = ~0ULL;
-	u32 tid;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
 
-	if (ret <= 0)
-		return 0;
-	tid = (u32)bpf_get_current_pid_tgid();
 	if (!write) {
 		if (!c->t_first_read)
 			c->t_first_read = now;
 		c->t_last_read = now;
-		if (c->role == ROLE_SERVER)
-			thread_times(&ran, &waited);
+		thread_times(&ran, &waited);
 		c->read_ran = ran;
 		c->read_waited = waited;
 		c->read_tid = tid;
@@ -622,7 +626,7 @@ static __always_inline int handle_io(struct st_conn *c, int ret, int write, u64 
 		c->hold_ns = now - c->t_last_read;
 		c->hold_end = now;
 		c->hold_tid = tid;
-		if (c->role == ROLE_SERVER && tid == c->read_tid && c->read_ran != ~0ULL)
+		if (tid == c->read_tid && c->read_ran != ~0ULL)
 			thread_times(&ran, &waited);
 		if (ran != ~0ULL) {
 			c->hold_ran = ran - c->read_ran;

@@ -56,13 +56,12 @@ int raw_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
 	const void *sk = (const void *)RAW_ARG(ctx, 0);
 	const void *skb = (const void *)RAW_ARG(ctx, 1);
 	struct st_tuple t = {};
-	int reason = 0, state = 0;
+	int reason = 0;
 #if RAW_tcp_send_reset_NARGS >= 3
 	reason = (int)RAW_ARG(ctx, 2);
 #endif
-	if (sk)
-		state = sk_read_state(sk);
-	return handle_reset_sent(ctx, sk, skb, state, reason, &t, 0);
+	/* the socket's state: read by handle_reset_sent() only if it is not tracked */
+	return handle_reset_sent(ctx, sk, skb, STATE_UNKNOWN, reason, &t, 0);
 }
 #endif
 
@@ -101,20 +100,31 @@ int raw_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
 static __always_inline int conn_io(void *ctx, int write)
 {
 	const void *sk = (const void *)RAW_ARG(ctx, 0);
-	struct st_conn *c = conn_find(sk);
+	int ret = (int)RAW_ARG(ctx, 1);
+	struct st_conn *c;
 	u64 now;
 
+	c = conn_find(sk);
 	if (!c)
 		return 0;
+	if (c->role != ROLE_SERVER) {
+		/* a client's first read and first write of data are its phases; nothing else */
+		u64 *first = write ? &c->t_first_write : &c->t_first_read;
+		if (ret > 0 && !*first)
+			*first = bpf_ktime_get_ns();
+		return 0;
+	}
 	now = bpf_ktime_get_ns();
 #ifdef USE_RAW_ACCEPT_WAIT
-	if (c->role == ROLE_SERVER && !(c->flags & CONN_ACCEPTED)) {
+	if (!(c->flags & CONN_ACCEPTED)) {
 		take_up(ctx, c, now);
 		if (!conn_is(c, sk))
 			return 0; /* another task's: dropped */
 	}
 #endif
-	return handle_io(c, (int)RAW_ARG(ctx, 1), write, now);
+	if (ret <= 0)
+		return 0; /* no data: an error, EAGAIN, the end of the stream */
+	return handle_io(c, write, now);
 }
 
 int raw_conn_recv(struct bpf_raw_tracepoint_args *ctx)

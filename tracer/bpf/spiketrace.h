@@ -75,42 +75,46 @@ struct st_event {
 };
 
 struct st_conn {
-	__u64 t_open;        /* SYN_SENT (client) or child socket created (server), 0 if unseen */
+	/* first: what every probe run on a tracked socket reads or writes (one cache line) */
+	__u64 t_open;        /* SYN_SENT (client) or ESTABLISHED (server), 0 if unseen */
 	__u64 t_established;
-	__u64 t_first_data;  /* 0: not traced with tracepoints */
-	__u64 t_close;
 	/* this side's conversation (sock_recv_length / sock_send_length, 6.3+; 0 if not probed):
-	 * first read and first write of data, and the longest time it held the conversation, from
-	 * a read to its next write (a server: processing a request; a client: its own time) */
+	 * first read and first write of data; for a server, also its last read and write, for
+	 * the longest time it held the conversation, from a read to its next write (processing
+	 * a request) */
 	__u64 t_first_read;
 	__u64 t_first_write;
 	__u64 t_last_read;
 	__u64 t_last_write;
-	__u64 hold_ns;
-	__u64 hold_end;      /* when the write that ended the longest hold went out */
-	/* the holding thread's own time in the longest hold (the scheduler's accounting: CPU time
-	 * se.sum_exec_runtime, up to a tick stale; runnable time sched_info.run_delay); both ~0
-	 * when another thread wrote than read, or the kernel has no such accounting */
-	__u64 hold_ran;
-	__u64 hold_waited;
-	__u64 read_ran;      /* the reading thread's accounting at the last read */
-	__u64 read_waited;
-	__u32 read_tid;      /* the thread of the last read */
-	__u32 pad2;
-	__u32 hold_tid;      /* the thread that wrote it */
-	__u32 tid;           /* the thread that connected (client) or took it up (server), 0 if unseen */
-	__u32 netns;
-	__u32 pid;           /* connecting / accepting tgid, 0 if unknown */
-	__u16 sport;
-	__u16 dport;
-	__u8 family;
+	__u32 flags;
 	__u8 role;
 	__u8 state;          /* last state seen */
+	__u8 family;
 	__u8 pad;
+	__u16 sport;
+	__u16 dport;
+	__u32 tid;           /* the thread that connected (client) or took it up (server), 0 if unseen */
+	/* a server's hold: the holding thread's own time in the longest hold (the scheduler's
+	 * accounting: CPU time se.sum_exec_runtime, up to a tick stale; runnable time
+	 * sched_info.run_delay); both ~0 when another thread wrote than read, or the kernel has
+	 * no such accounting */
+	__u64 read_ran;      /* the reading thread's accounting at the last read */
+	__u64 read_waited;
+	__u64 hold_ns;
+	__u64 hold_end;      /* when the write that ended the longest hold went out */
+	__u64 hold_ran;
+	__u64 hold_waited;
+	__u32 read_tid;      /* the thread of the last read */
+	__u32 hold_tid;      /* the thread that wrote it */
+	__u32 pid;           /* connecting / accepting tgid, 0 if unknown */
+	__u32 netns;
+	/* the rest: read at open and close */
+	__u64 t_first_data;  /* 0: not traced with tracepoints */
+	__u64 t_close;
 	__u32 syn_retrans;
 	__u32 retrans;
 	__u32 resets;
-	__u32 flags;
+	__u32 pad2;
 	__u8 saddr[16];
 	__u8 daddr[16];
 	char comm[16];
