@@ -2,8 +2,10 @@
 a quarter of the `conns` table) leave none untracked, and the table holds exactly them.
 
 Ground truth is the test's own sockets. With two candidate slots per socket (the table's first
-design) about 6% of these sockets found both held and went untracked; the buckets of eight
-slots (tracer/bpf/common.h) leave none at this fill.
+design) about 6% of these sockets found both held and went untracked; buckets of eight slots
+left none while the socket slab was young (regular addresses hash evenly) but 16 on a host up
+for hours (random ones: about one full bucket at this fill); the buckets of sixteen
+(tracer/bpf/common.h) leave none.
 """
 from __future__ import annotations
 

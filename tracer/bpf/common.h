@@ -112,16 +112,18 @@ struct task_slot {
 BPF_ARRAY(task_slots, struct task_slot, TASK_SLOTS);
 /* Connections being tracked, one per socket from its first state change to CLOSE, in an array
  * organised as a set-associative cache: a hash of the socket's address picks a bucket of
- * CONN_WAYS slots, and the bucket's socket addresses sit together in one cache line
- * (`conn_keys`), so finding a socket reads one line, and a socket is tracked unless all
- * CONN_WAYS slots of its bucket are held (CTR_CONN_UNTRACKED; with two candidate slots, as
- * before, 0.5% of new sockets went untracked at 7% fill). A slot is claimed with
- * compare-and-swap on its key. Arrays, not a hash map: their lookups are inlined by the
- * verifier; a hash map's insert and delete cost ~0.5 us per connection here. */
+ * CONN_WAYS slots, whose socket addresses sit together in two adjacent cache lines
+ * (`conn_keys`), and a socket is tracked unless all CONN_WAYS slots of its bucket are held
+ * (CTR_CONN_UNTRACKED). Buckets of 8 were one line, but a table of random addresses a quarter
+ * full then has about one full bucket (Poisson, mean 2): on a host whose socket slab was
+ * fragmented, 16 of 16,000 sockets went untracked; with 16 ways (mean 4) that is ~1 in 400
+ * such tables. A slot is claimed with compare-and-swap on its key (64-bit: BPF has no 32-bit
+ * one here). Arrays, not a hash map: their lookups are inlined by the verifier; a hash map's
+ * insert and delete cost ~0.5 us per connection here. */
 #define CONN_SLOTS_BITS 16
 #define CONN_SLOTS (1 << CONN_SLOTS_BITS)
-#define CONN_WAYS 8 /* 8 x 8 bytes: one cache line of keys */
-#define CONN_BUCKETS_BITS (CONN_SLOTS_BITS - 3)
+#define CONN_WAYS 16 /* 16 x 8 bytes: two adjacent cache lines of keys */
+#define CONN_BUCKETS_BITS (CONN_SLOTS_BITS - 4)
 struct conn_slot {
 	struct st_conn c; /* first: a struct st_conn * into the array is its slot's address */
 	u64 sk;           /* the socket holding the slot, 0 if free (read by user space) */

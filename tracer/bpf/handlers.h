@@ -147,7 +147,7 @@ static __always_inline void emit_time_wait(void *ctx, struct st_conn *c, u32 net
 
 /* The first state change seen of a socket: a new entry in `conns`. */
 static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u32 netns,
-						 const struct st_tuple *t, u64 now)
+						 const struct st_tuple *t)
 {
 	struct st_conn *c = conn_claim(sk);
 	if (!c)
@@ -158,7 +158,7 @@ static __always_inline struct st_conn *conn_open(const void *sk, int newstate, u
 	if (newstate == ST_TCP_SYN_SENT) {
 		/* connect() runs in the connecting task's context */
 		c->role = ROLE_CLIENT;
-		c->t_open = now;
+		c->t_open = bpf_ktime_get_ns();
 		u64 id = bpf_get_current_pid_tgid();
 		c->pid = id >> 32;
 		c->tid = (u32)id;
@@ -320,10 +320,10 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 	} else {
 		if (!new_sock_in_scope(sk, newstate, t, &have, &netns, tcp))
 			return 0;
-		if (newstate != ST_TCP_SYN_RECV)
-			now = bpf_ktime_get_ns(); /* a child's open time is taken at its ESTABLISHED */
+		/* no clock here: a client's open time is read in conn_open, a child's is taken at
+		 * its ESTABLISHED */
 		if (newstate != ST_TCP_CLOSE)
-			c = conn_open(sk, newstate, netns, t, now);
+			c = conn_open(sk, newstate, netns, t);
 	}
 #ifdef ALL_EVENTS
 	if (!conn_hidden(c)) {
