@@ -7,7 +7,7 @@ import pandas as pd
 
 from analysis import facts
 from analysis.context import Context, group_first
-from common.vocab import CONN_PARTIAL, CONN_REFUSED, CONN_RESET, fmt_ns, fmt_rel
+from common.vocab import CONN_GAP, CONN_PARTIAL, CONN_REFUSED, CONN_RESET, fmt_ns, fmt_rel
 from analysis.join import pid_overlaps
 
 
@@ -139,9 +139,13 @@ def _infer_syn_from_timing(ctx: Context, exclude: np.ndarray) -> None:
     b = t_start[ok] + times[step].astype(np.int64)
     b = np.minimum(b, t_conn[ok])
     detail, why = _syn_why(ctx, ti, t_start[ok], b)
+    # a record the tracer knows is incomplete (CONN_GAP) says so
+    gap = ((ctx.col("conn_flags")[ti] & CONN_GAP) > 0 if "conn_flags" in ctx.frames.txn
+           else np.zeros(len(ti), bool))
+    missed = "; the tracer missed a state change of this connection, a probe run the kernel skipped"
     sentences = [f"{w}; connect() took {fmt_ns(d)}, the time of {s + 1} SYN retransmit(s) "
-                 f"(inferred from timing: no retransmit event was recorded)."
-                 for w, d, s in zip(why, dur[ok], step)]
+                 f"(inferred from timing: no retransmit event was recorded{missed if g else ''})."
+                 for w, d, s, g in zip(why, dur[ok], step, gap)]
     shorts = [f"a SYN retransmit (inferred) cost {fmt_ns(d)}" for d in b - t_start[ok]]
     ctx.cands.add(ti, "syn_retransmit", detail, t_start[ok], b, sentences, shorts, inferred=True)
 

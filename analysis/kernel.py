@@ -130,6 +130,10 @@ def kernel_connections(conns: pd.DataFrame, slack_ns: int = 1_000_000) -> pd.Dat
             client.loc[client.index[ci], "flags"] = client["flags"].to_numpy()[ci] | server["flags"].to_numpy()[both]
         server = server.iloc[np.flatnonzero(hit < 0)]
     out = pd.concat([client, server], ignore_index=True) if len(server) else client.reset_index(drop=True)
+    # a client's missed ESTABLISHED (CONN_GAP) and no server record to stand in: its first write
+    # of data, which only an established socket sends, bounds it
+    est, first_write = out["t_established"].to_numpy(), out["cli_first_write"].to_numpy()
+    out["t_established"] = np.where((est == 0) & (first_write > 0), first_write, est)
     # a connection first seen after its open (tracing started late, CONN_PARTIAL) has no open
     # time: it starts when it was first known, so it is not a spike of its whole past
     t_open = out["t_open"].to_numpy()

@@ -57,10 +57,11 @@ CONN_TIME_WAIT = 0x10      # closed into TIME_WAIT
 CONN_ACCEPTED = 0x20       # a traced process accept()ed it (or first read it)
 CONN_PARTIAL = 0x40        # first seen after its open (tracing started late)
 CONN_REFUSED = 0x80        # closed from SYN_SENT by a reset
+CONN_GAP = 0x100           # a state change not seen (a probe run the kernel skipped): incomplete
 CONN_FLAGS: Dict[int, str] = {
     CONN_SLOW_CONNECT: "slow_connect", CONN_SLOW_LIFETIME: "slow_lifetime",
     CONN_RETRANS: "retrans", CONN_RESET: "reset", CONN_TIME_WAIT: "time_wait",
-    CONN_ACCEPTED: "accepted", CONN_PARTIAL: "partial", CONN_REFUSED: "refused",
+    CONN_ACCEPTED: "accepted", CONN_PARTIAL: "partial", CONN_REFUSED: "refused", CONN_GAP: "gap",
 }
 
 

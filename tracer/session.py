@@ -360,7 +360,8 @@ class Tracer:
         """The tracer's counts so far, from the kernel's counters. The one computation of lost
         evidence: records that did not fit the output buffer (per kind, and connection
         records), perf-buffer losses, connections left untracked (every slot of their
-        `conns` bucket held), and probe runs the kernel skipped (recursion misses). After stop(), the final
+        `conns` bucket held), and probe runs the kernel skipped (recursion misses, and tracked
+        connections whose state changes show one missed: CONN_GAP). After stop(), the final
         counts. Since the last `rotate()` (the current segment), or since start if `total`."""
         if self._bpf is None:
             if total and self._stats is not None:
@@ -373,6 +374,8 @@ class Tracer:
             lost["connection"] = ctr[events.CTR_CONN_LOST]
         if ctr[events.CTR_CONN_UNTRACKED]:
             lost["untracked_connection"] = ctr[events.CTR_CONN_UNTRACKED]
+        if ctr[events.CTR_STATE_GAP]:
+            lost["missed_state_change"] = ctr[events.CTR_STATE_GAP]
         if self._perf_lost:
             lost["perf_buffer"] = self._perf_lost
         for fn, n in self.recursion_misses().items():

@@ -21,7 +21,10 @@ from spiketrace.scenarios import SCENARIOS
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("private_state_dir")]
 
 
-def test_live_spikes_and_metrics_agree_with_the_recording(tmp_path):
+def _traced_load(tmp_path):
+    """The load, traced: (trace process, its recording, the client ports whose SYN was dropped,
+    the scrapes during the load, the final scrape, its exit code)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out, port = tmp_path / "run", free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     sc = SCENARIOS["syn-loss"]
@@ -44,12 +47,34 @@ def test_live_spikes_and_metrics_agree_with_the_recording(tmp_path):
                 dropped = {r.sport for r in inj.fault.records()}
             finally:
                 inj.teardown()
-            trace.wait_for(lambda: len(trace.json_lines("spike")) >= len(dropped), what="the live spikes")
+            trace.wait_for(lambda: len(trace.json_lines("spike")) >= len(dropped)
+                           or value(scrape(url), "spiketrace_lost_events_total", kind="missed_state_change"),
+                           what="the live spikes")
             time.sleep(1.5)  # one more live tick: nothing else may come
             final = scrape(url)
             rc = trace.finish()
         finally:
             trace.kill()
+    return trace, out, dropped, scrapes, final, rc
+
+
+def _skipped_runs(out) -> int:
+    """Probe runs the kernel skipped, as the recording counts them (a connection's missed state
+    change, recursion misses): the one loss that is the platform's, not the tracer's."""
+    counts = RunDir.open(out).meta.counts
+    return sum(int(v) for k, v in counts.items()
+               if k == "lost_missed_state_change" or k.startswith("lost_missed:"))
+
+
+def test_live_spikes_and_metrics_agree_with_the_recording(tmp_path):
+    # This VM's kernel once (1 run in ~30) skipped every probe run of a softirq that had
+    # interrupted another process: a SYN retransmit and the ESTABLISHED after it went unseen,
+    # with no recursion miss counted. The tracer now detects it (the connection's next change
+    # starts from a state it never saw) and counts it as lost; such a load's ground truth is
+    # incomplete, so it is traced once more, and the second must hold every assertion.
+    trace, out, dropped, scrapes, final, rc = _traced_load(tmp_path / "1")
+    if rc == 0 and _skipped_runs(out):
+        trace, out, dropped, scrapes, final, rc = _traced_load(tmp_path / "2")
     assert rc == 0, trace.stderr
     assert len(dropped) == 4 and len(scrapes) >= 2
     assert all(value(s, "process_cpu_seconds_total") is not None for s in scrapes)

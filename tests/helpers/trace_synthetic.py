@@ -24,7 +24,8 @@ S = 1_000_000_000
 US = 1_000
 ADDR = "127.0.0.1"
 # connections.parquet flags (tracer/bpf/spiketrace.h)
-SLOW_CONNECT, SLOW_LIFETIME, RETRANS, RESET, ACCEPTED, REFUSED = 0x01, 0x02, 0x04, 0x08, 0x20, 0x80
+SLOW_CONNECT, SLOW_LIFETIME, RETRANS, RESET, TIME_WAIT, ACCEPTED, REFUSED, GAP = \
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x80, 0x100
 
 
 class TraceRun:

@@ -118,7 +118,7 @@ static __always_inline void conn_close(void *ctx, struct st_conn *c, u64 now)
 			c->flags |= CONN_SLOW_LIFETIME;
 	}
 	count(CTR_CONN_COUNTED);
-	if (c->flags & (CONN_SLOW_CONNECT | CONN_SLOW_LIFETIME | CONN_RETRANS))
+	if (c->flags & (CONN_SLOW_CONNECT | CONN_SLOW_LIFETIME | CONN_RETRANS | CONN_GAP))
 		submit_conn(ctx, c);
 	conn_drop(c);
 }
@@ -317,6 +317,13 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 	}
 	if (c) {
 		netns = c->netns;
+		if (c->state != oldstate && !(c->flags & CONN_GAP)) {
+			/* the change into oldstate was not seen (every change of a TCP socket passes
+			 * this tracepoint: the kernel skipped a probe run), so this connection's record
+			 * is incomplete: said in it, and counted as lost evidence */
+			c->flags |= CONN_GAP;
+			count(CTR_STATE_GAP);
+		}
 	} else {
 		if (!new_sock_in_scope(sk, newstate, t, &have, &netns, tcp))
 			return 0;

@@ -31,6 +31,7 @@
 #define CTR_CONN_LOST 2     /* connection records that did not fit the output buffer */
 #define CTR_TIME_WAIT 3     /* entries into TIME_WAIT seen */
 #define CTR_CONN_UNTRACKED 4 /* connections not tracked: every slot of their `conns` bucket was held */
+#define CTR_STATE_GAP 5     /* tracked connections with a state change not seen (CONN_GAP) */
 #define CTR_SENT_BASE 16    /* + kind: events submitted */
 #define CTR_LOST_BASE 32    /* + kind: events that did not fit the output buffer */
 #define CTR_MAX 48
@@ -54,6 +55,7 @@
 #define CONN_ACCEPTED 0x20      /* accept() of a traced process returned it */
 #define CONN_PARTIAL 0x40       /* first seen after its open (tracing started late) */
 #define CONN_REFUSED 0x80       /* closed from SYN_SENT by a reset */
+#define CONN_GAP 0x100          /* a change's old state was not the last seen: a run was skipped */
 
 /* Size-tagged records: user space tells them apart by their size. */
 struct st_event {
