@@ -19,28 +19,33 @@ SOURCES = ("tcp.c", "rawtp.c", "syscalls.c", "sched.c")
 KPROBE_SOURCE = "kprobes.c"
 
 
+def kernel_at_least(major: int, minor: int) -> bool:
+    """Whether the running kernel's release is major.minor or later (true if it cannot be read)."""
+    release = os.uname().release.split("-")[0].split(".")
+    try:
+        return (int(release[0]), int(release[1])) >= (major, minor)
+    except (IndexError, ValueError):
+        return True
+
+
 def output_backend() -> str:
     """`ringbuf` (Linux 5.8+) unless SPIKETRACE_OUTPUT=perf or the kernel lacks it."""
     forced = os.environ.get("SPIKETRACE_OUTPUT", "")
     if forced in ("ringbuf", "perf"):
         return forced
-    release = os.uname().release.split("-")[0].split(".")
-    try:
-        major, minor = int(release[0]), int(release[1])
-    except (IndexError, ValueError):
-        return "ringbuf"
-    return "ringbuf" if (major, minor) >= (5, 8) else "perf"
+    return "ringbuf" if kernel_at_least(5, 8) else "perf"
 
 
 def bpf_atomics() -> bool:
     """BPF compare-and-swap and fetch-or (Linux 5.12+); SPIKETRACE_NO_ATOMICS=1 forces without."""
-    if os.environ.get("SPIKETRACE_NO_ATOMICS") == "1":
-        return False
-    release = os.uname().release.split("-")[0].split(".")
-    try:
-        return (int(release[0]), int(release[1])) >= (5, 12)
-    except (IndexError, ValueError):
-        return True
+    return os.environ.get("SPIKETRACE_NO_ATOMICS") != "1" and kernel_at_least(5, 12)
+
+
+def task_btf() -> bool:
+    """bpf_get_current_task_btf(), whose pointer BPF reads with plain loads (Linux 5.11+, with
+    kernel BTF); SPIKETRACE_NO_TASK_BTF=1 forces the probe reads."""
+    return (os.environ.get("SPIKETRACE_NO_TASK_BTF") != "1" and os.path.exists("/sys/kernel/btf/vmlinux")
+            and kernel_at_least(5, 11))
 
 
 def pages(n: int) -> int:
@@ -67,6 +72,8 @@ def render_source(config: TracerParams, *, force: Optional[Dict[str, str]] = Non
     defines["SKC_SPAN"] = (max(skc) + 16 + 7) // 8 * 8  # sock_common read in one go
     if not bpf_atomics():
         defines["ST_NO_ATOMICS"] = 1
+    if task_btf():
+        defines["ST_TASK_BTF"] = 1
     defines.update(plan.defines)
     defines["NETNS_INUM"] = int(config.netns_inum)
     if config.ports:

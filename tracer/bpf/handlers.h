@@ -598,9 +598,9 @@ static __always_inline int handle_drop(void *ctx, const void *skb, const void *r
 static __always_inline void thread_times(u64 *ran, u64 *waited)
 {
 #if defined(OFF_TASK_SUM_EXEC) && defined(OFF_TASK_RUN_DELAY)
-	void *task = (void *)bpf_get_current_task();
-	bpf_probe_read_kernel(ran, 8, task + OFF_TASK_SUM_EXEC);
-	bpf_probe_read_kernel(waited, 8, task + OFF_TASK_RUN_DELAY);
+	const char *task = current_task();
+	*ran = TASK_U64(task, OFF_TASK_SUM_EXEC);
+	*waited = TASK_U64(task, OFF_TASK_RUN_DELAY);
 #else
 	*ran = ~0ULL;
 	*waited = ~0ULL;

@@ -95,8 +95,13 @@ static __always_inline int handle_switch_out(void *ctx)
 		return 0;
 	if (t->tid != tid && !tracked_task(id >> 32))
 		return 0;
-	task = (const char *)bpf_get_current_task();
-	bpf_probe_read_kernel(&si, sizeof(si), task + OFF_TASK_SCHED_PCOUNT);
+	task = current_task();
+#ifdef ST_TASK_BTF
+	si.pcount = TASK_U64(task, OFF_TASK_SCHED_PCOUNT);
+	si.run_delay = TASK_U64(task, OFF_TASK_RUN_DELAY);
+#else
+	bpf_probe_read_kernel(&si, sizeof(si), task + OFF_TASK_SCHED_PCOUNT); /* both in one read */
+#endif
 	if (t->tid != tid) {
 		t->tid = tid; /* first switch-out seen: the baseline */
 		t->pcount = si.pcount;
@@ -112,9 +117,8 @@ static __always_inline int handle_switch_out(void *ctx)
 	hist_add(HIST_RUNQ_DELAY, d);
 	if (d > RUNQ_THRESHOLD_NS) {
 		struct st_event ev;
-		u64 ran[2] = {}; /* se.sum_exec_runtime, se.prev_sum_exec_runtime */
-		bpf_probe_read_kernel(&ran[0], 8, task + OFF_TASK_SUM_EXEC);
-		bpf_probe_read_kernel(&ran[1], 8, task + OFF_TASK_PREV_SUM_EXEC);
+		/* se.sum_exec_runtime, se.prev_sum_exec_runtime */
+		u64 ran[2] = {TASK_U64(task, OFF_TASK_SUM_EXEC), TASK_U64(task, OFF_TASK_PREV_SUM_EXEC)};
 		fill_event(&ev, KIND_RUNQ_DELAY, 0, NULL);
 		ev.pid = tid; /* the delayed thread */
 		bpf_get_current_comm(ev.comm, sizeof(ev.comm));
