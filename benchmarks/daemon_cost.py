@@ -107,7 +107,9 @@ def main(argv=None) -> int:
         report(kind + " (windows without a storm)", [r for r in runs[kind] if not r["lost"] and r["recorded"] < 100])
     lost = final.get(("spiketrace_lost_events_total", frozenset({("kind", "all")})))
     spikes = sum(v for (n, _l), v in final.items() if n == "spiketrace_spikes_total")
-    print(f"lost events {lost:.0f}; spikes explained live {spikes:.0f}; live analyses "
+    kinds = {dict(labels)["kind"]: v for (name, labels), v in final.items()
+             if name == "spiketrace_lost_events_total" and dict(labels)["kind"] != "all" and v}
+    print(f"lost events {lost:.0f}{f' {kinds}' if kinds else ''}; spikes explained live {spikes:.0f}; live analyses "
           f"{final.get(('spiketrace_live_analyses_total', frozenset()), 0):.0f} taking "
           f"{final.get(('spiketrace_live_analysis_seconds_total', frozenset()), 0):.2f} s")
     return 0
