@@ -319,8 +319,9 @@ static __always_inline int handle_state(void *ctx, const void *sk, int oldstate,
 		netns = c->netns;
 		if (c->state != oldstate && !(c->flags & CONN_GAP)) {
 			/* the change into oldstate was not seen (every change of a TCP socket passes
-			 * this tracepoint: the kernel skipped a probe run), so this connection's record
-			 * is incomplete: said in it, and counted as lost evidence */
+			 * this tracepoint: the kernel skipped a probe run, or the probes were detached
+			 * meanwhile, Tracer.pause), so this connection's record is incomplete: said in
+			 * it, and counted as lost evidence */
 			c->flags |= CONN_GAP;
 			count(CTR_STATE_GAP);
 		}
